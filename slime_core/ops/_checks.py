@@ -1,0 +1,37 @@
+"""Input validation shared by the ops: every message names the argument and what was wrong."""
+import torch
+
+
+def check_tensor(name, t, *, dtypes=None, ndim=None, device=None):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None and t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype {allowed}; got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if device is not None and t.device != torch.device(device):
+        raise ValueError(f"{name} is on {t.device} but must be on {device}")
+    return t
+
+
+def check_same_device(**tensors):
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    if not named:
+        return
+    first_name, first = named[0]
+    for n, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{n} is on {t.device} but {first_name} is on {first.device}; "
+                             "all inputs must be on one device")
+
+
+def check_same_dtype(**tensors):
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    if not named:
+        return
+    first_name, first = named[0]
+    for n, t in named[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{n} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                            "they must match")
