@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One command that validates and measures the CUDA path on a machine with an NVIDIA GPU, a
+# CUDA torch and nvcc, and no network:
+#
+#     bash scripts/gpu_check.sh [OUT_DIR]        (default: $OUT, else bench/results/gpu-<date>)
+#
+# Steps, each logged to OUT_DIR: build the CUDA extension in place (no pip, nothing fetched),
+# print the build info, run the whole test suite (CUDA cases included), run compute-sanitizer
+# memcheck and racecheck on small cases of every kernel, run the benchmarks on the GPU, then
+# print a summary table (also written to OUT_DIR/summary.md). Budget: under 10 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR=${1:-${OUT:-bench/results/gpu-$(date +%F)}}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+t0=$SECONDS
+rows=()
+
+step() {  # step NAME LOG CMD...: runs CMD, appends its output to LOG, records rc and time
+  local name=$1 log=$2; shift 2
+  local s=$SECONDS
+  echo "== $name" | tee -a "$log"
+  "$@" >>"$log" 2>&1
+  local rc=$?
+  rows+=("| $name | $([ $rc -eq 0 ] && echo ok || echo "FAILED (rc $rc)") | $((SECONDS - s)) s | $(basename "$log") |")
+  tail -n 5 "$log"
+  return $rc
+}
+
+setup_log="$OUT_DIR/setup.log"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -n 2
+  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+} >"$setup_log" 2>&1
+cc=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)
+# Build for the GPU in hand as well as the default sm_80/sm_90 list.
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0${cc:+;$cc}"}
+step "build CUDA extension" "$setup_log" env SLIME_CUDA=1 MAX_JOBS=$(nproc) \
+  $PY setup.py build_ext --inplace
+built=$?
+step "build info" "$setup_log" $PY -m slime_core.info
+
+if [ $built -eq 0 ]; then
+  xdist=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
+  step "test suite (CPU + CUDA)" "$OUT_DIR/tests.log" $PY -m pytest -q -rs $xdist tests
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool" "$OUT_DIR/sanitizer-$tool.log" \
+      compute-sanitizer --tool "$tool" --error-exitcode 1 --target-processes all \
+      $PY scripts/sanitize_cases.py
+  done
+  step "benchmarks (cuda)" "$OUT_DIR/bench.log" $PY -m bench --device cuda --out "$OUT_DIR"
+fi
+
+{
+  echo "# GPU check, $(date +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
+  echo
+  echo "| step | result | time | log |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "total $((SECONDS - t0)) s"
+  grep -E "passed|failed" "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1
+} | tee "$OUT_DIR/summary.md"
