@@ -3,11 +3,17 @@
 Measures the machine's ceilings, runs every bench module's cases against their baselines in
 the same run, prints a markdown table and writes it (with machine information) under
 bench/results/."""
-import argparse
-import datetime
+import os
+
+# Pin OpenMP threads to cores before torch (and its OpenMP runtime) is loaded: unpinned threads
+# migrating between cores are a main source of run-to-run noise on small machines.
+os.environ.setdefault("OMP_PROC_BIND", "close")
+os.environ.setdefault("OMP_PLACES", "cores")
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
 import importlib
 import json
-import os
 import platform
 import sys
 
