@@ -80,7 +80,9 @@ def extension():
     ]
     if debug:
         defines.append(("SLIME_DEBUG_BUILD", "1"))
-    cxx = opt + ["-std=c++17", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    # No -std here: torch's build picks the standard its headers need (C++17 up to 2.9,
+    # C++20 after); our sources compile under both.
+    cxx = opt + ["-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     if os.environ.get("SLIME_PORTABLE", "") != "1":
         # The extension is built on the machine that runs it, so let the compiler use its
         # vector units (AVX2/AVX-512); SLIME_PORTABLE=1 builds for baseline x86-64.
@@ -99,7 +101,7 @@ def extension():
         return cpp_extension.CppExtension(sources=srcs, extra_compile_args={"cxx": cxx}, **common)
     srcs += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/torch/*_cuda.cpp"))
     common["define_macros"].append(("SLIME_WITH_CUDA", "1"))
-    nvcc = opt + ["-std=c++17", "-lineinfo", "--expt-relaxed-constexpr",
+    nvcc = opt + ["-lineinfo", "--expt-relaxed-constexpr",
                   "-Xcompiler=-fopenmp"]
     return cpp_extension.CUDAExtension(sources=srcs, extra_compile_args={"cxx": cxx, "nvcc": nvcc},
                                        **common)
