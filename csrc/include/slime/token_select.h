@@ -139,6 +139,8 @@ inline TokenSelectWorkspace token_select_workspace(const TokenSelectParams& p) {
   return w;
 }
 
+size_t token_select_workspace_bytes(const TokenSelectParams& p);
+
 #if defined(SLIME_WITH_CUDA) || defined(__CUDACC__)
 LaunchStatus token_select_cuda(const TokenSelectParams& p, cudaStream_t stream);
 LaunchStatus token_pack_cuda(const TokenPackParams& p, cudaStream_t stream);
