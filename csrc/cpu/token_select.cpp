@@ -47,7 +47,7 @@ void text_sums(const TokenSelectParams& p, float* inv, float* s) {
   using T = typename L::storage;
   const T* text = static_cast<const T*>(p.text);
   const int64_t B = p.B, TT = p.T_max, H = p.H;
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
   for (int64_t r = 0; r < B * TT; ++r) {
     if (!p.text_mask[r]) {
       inv[r] = 0.0f;
@@ -66,7 +66,7 @@ void text_sums(const TokenSelectParams& p, float* inv, float* s) {
   // how the blocks are spread over threads.
   constexpr int64_t kCols = 256;
   const int64_t nblk = (H + kCols - 1) / kCols;
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
   for (int64_t job = 0; job < B * nblk; ++job) {
     const int64_t b = job / nblk, h0 = (job % nblk) * kCols, h1 = std::min(H, h0 + kCols);
     float acc[kCols] = {};
@@ -86,7 +86,7 @@ void token_scores(const TokenSelectParams& p, const float* s, float* scores) {
   using T = typename L::storage;
   const T* tokens = static_cast<const T*>(p.tokens);
   const int64_t B = p.B, M = p.M_max, H = p.H;
-#pragma omp parallel for schedule(static)
+#pragma omp for schedule(static)
   for (int64_t r = 0; r < B * M; ++r) {
     const int64_t b = r / M, m = r % M;
     if (m >= p.token_counts[b]) continue;
@@ -171,21 +171,26 @@ void token_select_cpu(const TokenSelectParams& p) {
   std::vector<float> inv(static_cast<size_t>(p.B * p.T_max));
   std::vector<float> s(static_cast<size_t>(p.B * p.H), 0.0f);
   std::vector<float> scores(static_cast<size_t>(p.B * p.M_max), 0.0f);
-  if (p.H > 0 && p.M_max > 0) {
-    auto run = [&](auto loader) {
-      using L = decltype(loader);
-      if (p.T_max > 0) text_sums<L>(p, inv.data(), s.data());
-      token_scores<L>(p, s.data(), scores.data());
-    };
-    switch (p.dtype) {
-      case DType::F32: run(LoadF32{}); break;
-      case DType::BF16: run(LoadBF16{}); break;
-      case DType::F16: run(LoadF16{}); break;
-      default: return;
-    }
-  }
-#pragma omp parallel
+  // One parallel region for all phases (each phase ends in a barrier anyway), and none for
+  // small inputs: on a loaded machine every fork/join can cost a scheduler time slice, far
+  // more than reading a few MB on one core.
+  const int64_t elems = p.B * (p.M_max + p.T_max) * p.H;
+  const bool parallel = elems >= (int64_t(8) << 20) || p.B * p.M_max >= (int64_t(1) << 16);
+#pragma omp parallel if (parallel)
   {
+    if (p.H > 0 && p.M_max > 0) {
+      auto run = [&](auto loader) {
+        using L = decltype(loader);
+        if (p.T_max > 0) text_sums<L>(p, inv.data(), s.data());
+        token_scores<L>(p, s.data(), scores.data());
+      };
+      switch (p.dtype) {
+        case DType::F32: run(LoadF32{}); break;
+        case DType::BF16: run(LoadBF16{}); break;
+        case DType::F16: run(LoadF16{}); break;
+        default: break;
+      }
+    }
     std::vector<float> work;
     std::vector<uint64_t> keys;
     std::vector<char> kept;
@@ -197,6 +202,11 @@ void token_select_cpu(const TokenSelectParams& p) {
 namespace {
 size_t elem_size(DType t) {
   return t == DType::F32 ? 4 : (t == DType::I64 ? 8 : (t == DType::U8 ? 1 : 2));
+}
+
+// Threads only pay off for copies of several MB (see token_select_cpu).
+bool big_copy(int64_t rows, size_t row_bytes) {
+  return static_cast<size_t>(rows) * row_bytes >= (size_t(16) << 20);
 }
 
 // True when image b's j-th kept row exists in both the token array and the output.
@@ -217,7 +227,7 @@ void token_pack_cpu(const TokenPackParams& p) {
   const char* tokens = static_cast<const char*>(p.tokens);
   char* out = static_cast<char*>(p.out);
   if (out != base) std::memcpy(out, base, static_cast<size_t>(p.N) * row);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (big_copy(p.B * p.K, row))
   for (int64_t r = 0; r < p.B * p.K; ++r) {
     const int64_t b = r / p.K, j = r % p.K;
     int64_t src, dst;
@@ -235,7 +245,7 @@ void token_pack_backward_cpu(const TokenPackBackwardParams& p) {
   // Zero bits are +0.0 in every float format.
   std::memset(gt, 0, static_cast<size_t>(p.B * p.M_max) * row);
   if (p.N > 0) std::memcpy(gb, g, static_cast<size_t>(p.N) * row);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (big_copy(p.B * p.K, row))
   for (int64_t r = 0; r < p.B * p.K; ++r) {
     const int64_t b = r / p.K, j = r % p.K;
     int64_t src, dst;
