@@ -2,11 +2,12 @@
 // packing gather with its backward; the math is in slime/token_select.h.
 //
 // Three passes, none of them O(M * T * H):
-//   1. text: 1 / max(|e_t|, eps) per row, then s_b = sum_t e_t * inv_t over column blocks,
-//      so each thread owns whole columns and the sum does not depend on the thread count;
+//   1. text, read once: per chunk of 64 rows, each row's norm then row / norm into the
+//      chunk's partial sum; the chunks are added in order (independent of the thread count);
 //   2. scores: one fused pass over the tokens computing dot(x_m, s_b) and |x_m|^2 together;
 //   3. per image (OpenMP over images): two softmaxes, a sort of M 64-bit (p, index) keys,
-//      the cumulative-sum scan and the ascending compaction. Extra memory O(M + T + B*H).
+//      the cumulative-sum scan and the ascending compaction. Extra memory: B * (M + H) floats
+//      plus B * ceil(T / 64) * H floats of chunk sums (1/64 of the text in float32).
 // Check:     python -m pytest -q tests/test_token_select.py   (and ctest: test_token_select)
 // Benchmark: python -m bench --only token_select
 #include "slime/token_select.h"
@@ -42,42 +43,48 @@ struct LoadF16 {
   }
 };
 
+// s_b in two steps that do not depend on the thread count: chunks of kTextChunk rows, each
+// read once (the row's norm, then row * inv into the chunk's partial sum, the row still in
+// L1), then the chunks added in order per column block.
 template <class L>
-void text_sums(const TokenSelectParams& p, float* inv, float* s) {
+void text_sums(const TokenSelectParams& p, float* partial, float* s) {
   using T = typename L::storage;
   const T* text = static_cast<const T*>(p.text);
   const int64_t B = p.B, TT = p.T_max, H = p.H;
-#pragma omp for schedule(static)
-  for (int64_t r = 0; r < B * TT; ++r) {
-    if (!p.text_mask[r]) {
-      inv[r] = 0.0f;
-      continue;
-    }
-    const T* e = text + r * H;
-    float ss = 0.0f;
+  const int64_t rows = TokenSelectWorkspace::kTextChunk;
+  const int64_t chunks = (TT + rows - 1) / rows;
+#pragma omp for schedule(dynamic, 1)
+  for (int64_t job = 0; job < B * chunks; ++job) {
+    const int64_t b = job / chunks, t0 = (job % chunks) * rows;
+    const int64_t t1 = std::min(TT, t0 + rows);
+    float* acc = partial + job * H;
+    std::fill(acc, acc + H, 0.0f);
+    for (int64_t t = t0; t < t1; ++t) {
+      if (!p.text_mask[b * TT + t]) continue;
+      const T* e = text + (b * TT + t) * H;
+      float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
-    for (int64_t h = 0; h < H; ++h) {
-      const float v = L::load(e[h]);
-      ss += v * v;
+      for (int64_t h = 0; h < H; ++h) {
+        const float v = L::load(e[h]);
+        ss += v * v;
+      }
+      const float w = 1.0f / std::max(std::sqrt(ss), kTokenSelectEps);
+#pragma omp simd
+      for (int64_t h = 0; h < H; ++h) acc[h] += L::load(e[h]) * w;
     }
-    inv[r] = 1.0f / std::max(std::sqrt(ss), kTokenSelectEps);
   }
-  // Column blocks of 256 floats: each (image, block) sums its rows in order, independent of
-  // how the blocks are spread over threads.
   constexpr int64_t kCols = 256;
   const int64_t nblk = (H + kCols - 1) / kCols;
 #pragma omp for schedule(static)
   for (int64_t job = 0; job < B * nblk; ++job) {
     const int64_t b = job / nblk, h0 = (job % nblk) * kCols, h1 = std::min(H, h0 + kCols);
-    float acc[kCols] = {};
-    for (int64_t t = 0; t < TT; ++t) {
-      const float w = inv[b * TT + t];
-      if (w == 0.0f) continue;
-      const T* e = text + (b * TT + t) * H;
+    float* out = s + b * H;
+    std::fill(out + h0, out + h1, 0.0f);
+    for (int64_t c = 0; c < chunks; ++c) {
+      const float* part = partial + (b * chunks + c) * H;
 #pragma omp simd
-      for (int64_t h = h0; h < h1; ++h) acc[h - h0] += L::load(e[h]) * w;
+      for (int64_t h = h0; h < h1; ++h) out[h] += part[h];
     }
-    std::memcpy(s + b * H + h0, acc, static_cast<size_t>(h1 - h0) * sizeof(float));
   }
 }
 
@@ -168,7 +175,9 @@ size_t token_select_workspace_bytes(const TokenSelectParams& p) {
 
 void token_select_cpu(const TokenSelectParams& p) {
   if (p.B == 0) return;
-  std::vector<float> inv(static_cast<size_t>(p.B * p.T_max));
+  const int64_t chunks = (p.T_max + TokenSelectWorkspace::kTextChunk - 1) /
+                         TokenSelectWorkspace::kTextChunk;
+  std::vector<float> partial(static_cast<size_t>(p.B * chunks * p.H));
   std::vector<float> s(static_cast<size_t>(p.B * p.H), 0.0f);
   std::vector<float> scores(static_cast<size_t>(p.B * p.M_max), 0.0f);
   // One parallel region for all phases (each phase ends in a barrier anyway), and none for
@@ -181,7 +190,7 @@ void token_select_cpu(const TokenSelectParams& p) {
     if (p.H > 0 && p.M_max > 0) {
       auto run = [&](auto loader) {
         using L = decltype(loader);
-        if (p.T_max > 0) text_sums<L>(p, inv.data(), s.data());
+        if (p.T_max > 0) text_sums<L>(p, partial.data(), s.data());
         token_scores<L>(p, s.data(), scores.data());
       };
       switch (p.dtype) {
