@@ -69,6 +69,8 @@ def token_select(
     is true. Output shapes depend only on the input shapes (torch.compile-friendly). With
     unbatched inputs ((M, H) tokens, (T, H) text) the outputs are unbatched too. For
     training noise, pass e.g. 0.1 * torch.randn(B, M_max): the op itself is deterministic.
+    token_counts outside [0, M_max] is an error on CPU; the CUDA kernel clamps them (checking
+    would need a device sync).
     """
     check_tensor("tokens", tokens, dtypes=_FLOATS)
     check_tensor("text", text, dtypes=_FLOATS)
