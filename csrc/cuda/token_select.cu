@@ -157,31 +157,46 @@ __global__ void text_inv_kernel(const T* __restrict__ text, const bool* __restri
   if (threadIdx.x % kWarp == 0) inv[r] = 1.0f / fmaxf(sqrtf(ss), kTokenSelectEps);
 }
 
+// gridDim.y and gridDim.z are at most 65535: the text kernels and pack_kernel loop over the
+// chunks and images beyond that.
+constexpr int64_t kMaxGridYZ = 65535;
+
+inline unsigned grid_yz(int64_t n) {
+  return static_cast<unsigned>(n < kMaxGridYZ ? n : kMaxGridYZ);
+}
+
 template <typename T>
-__global__ void text_partial_kernel(const T* __restrict__ text, const float* __restrict__ inv,
-                                    float* __restrict__ partial, int64_t T_max, int64_t H,
-                                    int64_t chunks, int64_t chunk_rows) {
+__global__ void text_partial_kernel(const T* __restrict__ text, const bool* __restrict__ mask,
+                                    const float* __restrict__ inv, float* __restrict__ partial,
+                                    int64_t B, int64_t T_max, int64_t H, int64_t chunks,
+                                    int64_t chunk_rows) {
   const int64_t h = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t c = blockIdx.y, b = blockIdx.z;
   if (h >= H) return;
-  const int64_t t0 = c * chunk_rows;
-  const int64_t t1 = t0 + chunk_rows < T_max ? t0 + chunk_rows : T_max;
-  float acc = 0.0f;
-  for (int64_t t = t0; t < t1; ++t) {
-    const float w = inv[b * T_max + t];
-    if (w != 0.0f) acc = fmaf(cuda::to_float(text[(b * T_max + t) * H + h]), w, acc);
+  for (int64_t b = blockIdx.z; b < B; b += gridDim.z) {
+    for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) {
+      const int64_t t0 = c * chunk_rows;
+      const int64_t t1 = t0 + chunk_rows < T_max ? t0 + chunk_rows : T_max;
+      float acc = 0.0f;
+      for (int64_t t = t0; t < t1; ++t) {
+        // The mask, not inv != 0, decides: like the CPU kernel, an unmasked row whose norm
+        // is inf (inv 0) still enters the sum, and masked padding (maybe NaN) never does.
+        if (mask[b * T_max + t])
+          acc = fmaf(cuda::to_float(text[(b * T_max + t) * H + h]), inv[b * T_max + t], acc);
+      }
+      partial[(b * chunks + c) * H + h] = acc;
+    }
   }
-  partial[(b * chunks + c) * H + h] = acc;
 }
 
 __global__ void text_reduce_kernel(const float* __restrict__ partial, float* __restrict__ s,
-                                   int64_t H, int64_t chunks) {
+                                   int64_t B, int64_t H, int64_t chunks) {
   const int64_t h = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t b = blockIdx.y;
   if (h >= H) return;
-  float acc = 0.0f;
-  for (int64_t c = 0; c < chunks; ++c) acc += partial[(b * chunks + c) * H + h];
-  s[b * H + h] = acc;
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    float acc = 0.0f;
+    for (int64_t c = 0; c < chunks; ++c) acc += partial[(b * chunks + c) * H + h];
+    s[b * H + h] = acc;
+  }
 }
 
 // ---- scores -------------------------------------------------------------------------------
@@ -354,13 +369,12 @@ LaunchStatus launch_select(const TokenSelectParams& p, cudaStream_t stream) {
       SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     const unsigned hblocks = static_cast<unsigned>(cuda::ceil_div(p.H, kColThreads));
-    text_partial_kernel<T><<<dim3(hblocks, static_cast<unsigned>(ws.chunks),
-                                  static_cast<unsigned>(p.B)),
-                             kColThreads, 0, stream>>>(text, inv, partial, p.T_max, p.H,
-                                                       ws.chunks, ws.kTextChunk);
+    text_partial_kernel<T><<<dim3(hblocks, grid_yz(ws.chunks), grid_yz(p.B)), kColThreads, 0,
+                             stream>>>(text, p.text_mask, inv, partial, p.B, p.T_max, p.H,
+                                       ws.chunks, ws.kTextChunk);
     SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    text_reduce_kernel<<<dim3(hblocks, static_cast<unsigned>(p.B)), kColThreads, 0, stream>>>(
-        partial, s, p.H, ws.chunks);
+    text_reduce_kernel<<<dim3(hblocks, grid_yz(p.B)), kColThreads, 0, stream>>>(
+        partial, s, p.B, p.H, ws.chunks);
     SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   if (p.M_max > 0) {
@@ -397,8 +411,15 @@ LaunchStatus launch_select(const TokenSelectParams& p, cudaStream_t stream) {
     a.global_keys = nullptr;
     a.global_flags = nullptr;
     smem = static_cast<size_t>(ws.sort_n) * (sizeof(uint64_t) + 1);
-    SLIME_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-        select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    // The attribute is per function, not per launch: another host thread may launch between
+    // setting it and this launch. So it is only ever raised, to the largest size this path
+    // uses, and only when the 48 KiB default (static scratch included, under 1 KiB) is not
+    // enough.
+    constexpr size_t kSmemMax = kTokenSelectSharedSortMax * (sizeof(uint64_t) + 1);
+    if (smem > 47 * 1024) {
+      SLIME_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+          select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemMax)));
+    }
   }
   select_kernel<<<static_cast<unsigned>(p.B), kSelectThreads, smem, stream>>>(a);
   return cuda::launch_status();
@@ -412,20 +433,22 @@ template <typename U, bool kBackward>
 __global__ void pack_kernel(const U* __restrict__ src_rows, U* __restrict__ dst_rows,
                             U* __restrict__ zero_rows, const int64_t* __restrict__ indices,
                             const int64_t* __restrict__ counts,
-                            const int64_t* __restrict__ row_offsets, int64_t K, int64_t M_max,
-                            int64_t N, int64_t units) {
-  const int64_t b = blockIdx.y, j = blockIdx.x;
-  if (j >= counts[b]) return;
-  const int64_t t = indices[b * K + j];
-  const int64_t r = row_offsets[b] + j;
-  if (t < 0 || t >= M_max || r < 0 || r >= N) return;
-  const int64_t tok = b * M_max + t;
-  // forward: out[r] = tokens[tok]; backward: grad_tokens[tok] = grad_out[r], grad_base[r] = 0
-  const U* from = src_rows + (kBackward ? r : tok) * units;
-  U* to = dst_rows + (kBackward ? tok : r) * units;
-  for (int64_t i = threadIdx.x; i < units; i += blockDim.x) {
-    to[i] = from[i];
-    if (kBackward) zero_rows[r * units + i] = U{};
+                            const int64_t* __restrict__ row_offsets, int64_t B, int64_t K,
+                            int64_t M_max, int64_t N, int64_t units) {
+  const int64_t j = blockIdx.x;
+  for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
+    if (j >= counts[b]) continue;
+    const int64_t t = indices[b * K + j];
+    const int64_t r = row_offsets[b] + j;
+    if (t < 0 || t >= M_max || r < 0 || r >= N) continue;
+    const int64_t tok = b * M_max + t;
+    // forward: out[r] = tokens[tok]; backward: grad_tokens[tok] = grad_out[r], grad_base[r] = 0
+    const U* from = src_rows + (kBackward ? r : tok) * units;
+    U* to = dst_rows + (kBackward ? tok : r) * units;
+    for (int64_t i = threadIdx.x; i < units; i += blockDim.x) {
+      to[i] = from[i];
+      if (kBackward) zero_rows[r * units + i] = U{};
+    }
   }
 }
 
@@ -436,21 +459,21 @@ LaunchStatus launch_pack(const void* src, void* dst, void* zero, const int64_t* 
   if (B == 0 || K == 0 || row_bytes == 0) return nullptr;
   const uintptr_t align = reinterpret_cast<uintptr_t>(src) | reinterpret_cast<uintptr_t>(dst) |
                           reinterpret_cast<uintptr_t>(zero) | row_bytes;
-  const dim3 grid(static_cast<unsigned>(K), static_cast<unsigned>(B));
+  const dim3 grid(static_cast<unsigned>(K), grid_yz(B));
   const int threads = 128;
   if (align % 16 == 0) {
     pack_kernel<uint4, kBackward><<<grid, threads, 0, stream>>>(
         static_cast<const uint4*>(src), static_cast<uint4*>(dst), static_cast<uint4*>(zero),
-        indices, counts, row_offsets, K, M_max, N, static_cast<int64_t>(row_bytes / 16));
+        indices, counts, row_offsets, B, K, M_max, N, static_cast<int64_t>(row_bytes / 16));
   } else if (align % 4 == 0) {
     pack_kernel<uint32_t, kBackward><<<grid, threads, 0, stream>>>(
         static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst),
-        static_cast<uint32_t*>(zero), indices, counts, row_offsets, K, M_max, N,
+        static_cast<uint32_t*>(zero), indices, counts, row_offsets, B, K, M_max, N,
         static_cast<int64_t>(row_bytes / 4));
   } else {
     pack_kernel<uint16_t, kBackward><<<grid, threads, 0, stream>>>(
         static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst),
-        static_cast<uint16_t*>(zero), indices, counts, row_offsets, K, M_max, N,
+        static_cast<uint16_t*>(zero), indices, counts, row_offsets, B, K, M_max, N,
         static_cast<int64_t>(row_bytes / 2));
   }
   return cuda::launch_status();
