@@ -1,0 +1,335 @@
+// tile_resize.cpp: CPU kernel of the fused SliME slicing op (global view + padded tiles,
+// Pillow-exact resize, CLIP normalisation, CHW output), plus the host-side layout builder
+// the CUDA launcher shares.
+//
+// Work split: every crop is cut into bands of output rows; OpenMP hands (crop, band) tasks to
+// threads. A task runs Pillow's two passes on just the source window its rows and columns
+// need: the horizontal pass over 8 source rows at a time (the rows are transposed into a
+// small [x][channel][8 rows] block so each tap is one vector multiply-add across the rows),
+// rounded to uint8 as Pillow does, then the vertical pass over a contiguous row of
+// (column, channel) values, clipped, normalised through a 256-entry table per channel and
+// stored straight into the CHW output. Padding rows and columns are written without reading
+// the source.
+//
+// Check: python -m pytest -q tests/test_tile_resize.py (Pillow, zero differing pixels) and
+//        ctest --test-dir build/cpu (csrc/tests/test_tile_resize.cpp).
+// Bench: python -m bench --only tile_resize
+#include "slime/tile_resize.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <utility>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace slime {
+
+namespace {
+
+// Normalised value of every uint8 per channel, in the output's storage type: the value the
+// formula gives in float32, so the table is exact by construction.
+struct OutputTable {
+  float f32[3][256];
+  uint16_t u16[3][256];
+};
+
+OutputTable make_output_table(const TileResizeParams& p) {
+  OutputTable t;
+  for (int c = 0; c < 3; ++c)
+    for (int v = 0; v < 256; ++v) {
+      const float x = clip_normalize(static_cast<uint8_t>(v), p.mean[c], p.stdev[c]);
+      t.f32[c][v] = x;
+      t.u16[c][v] = p.out_dtype == DType::BF16 ? float_to_bf16_bits(x) : float_to_f16_bits(x);
+    }
+  return t;
+}
+
+// Writes one output row segment [c0, c1) of channel plane `ch` from uint8 values.
+inline void store_values(const TileResizeParams& p, const OutputTable& tab, int64_t plane_off,
+                         int ch, const uint8_t* vals, int32_t c0, int32_t c1) {
+  switch (p.out_dtype) {
+    case DType::U8: {
+      uint8_t* o = static_cast<uint8_t*>(p.out) + plane_off;
+      for (int32_t c = c0; c < c1; ++c) o[c] = vals[c];
+      break;
+    }
+    case DType::F32: {
+      float* o = static_cast<float*>(p.out) + plane_off;
+      const float* t = tab.f32[ch];
+      for (int32_t c = c0; c < c1; ++c) o[c] = t[vals[c]];
+      break;
+    }
+    default: {
+      uint16_t* o = static_cast<uint16_t*>(p.out) + plane_off;
+      const uint16_t* t = tab.u16[ch];
+      for (int32_t c = c0; c < c1; ++c) o[c] = t[vals[c]];
+      break;
+    }
+  }
+}
+
+// Per-thread scratch, grown as needed and reused across tasks.
+struct Scratch {
+  std::vector<uint8_t> block;  // [x][ch][8] the 8 source rows being filtered horizontally
+  std::vector<uint8_t> rows;   // [row][col*3 + ch] horizontal pass result (Pillow's imTemp)
+  std::vector<int32_t> acc;    // vertical accumulators of one output row
+  std::vector<uint8_t> line;   // [col*3 + ch] one finished output row
+  std::vector<uint8_t> plane;  // [ch][col] the same, deinterleaved
+};
+
+struct Table {
+  int32_t in, out, ksize;
+  bool identity;
+  const int32_t* first;
+  const int32_t* count;
+  const int32_t* k;
+};
+
+Table table_at(const TileResizeLayout& L, int32_t t) {
+  const int32_t* f = L.table(t);
+  return Table{f[kTableIn], f[kTableOut], f[kTableKSize], f[kTableIdentity] != 0,
+               L.data.data() + f[kTableFirst], L.data.data() + f[kTableCount],
+               L.data.data() + f[kTableCoeffs]};
+}
+
+// Horizontal pass of source rows [y0, y1), resized columns [rx0, rx1), into s.rows.
+void horizontal_pass(const uint8_t* img, int32_t W, const Table& h, int32_t y0, int32_t y1,
+                     int32_t rx0, int32_t rx1, Scratch& s) {
+  const int32_t ncols = rx1 - rx0;
+  const int64_t stride = static_cast<int64_t>(ncols) * 3;
+  s.rows.resize(static_cast<size_t>(y1 - y0) * stride);
+  if (h.identity) {
+    // Pillow skips a pass whose size does not change: the pixels are copied.
+    for (int32_t y = y0; y < y1; ++y)
+      std::memcpy(s.rows.data() + (y - y0) * stride,
+                  img + (static_cast<int64_t>(y) * W + rx0) * 3, stride);
+    return;
+  }
+  const int32_t x_lo = h.first[rx0];
+  const int32_t x_hi = h.first[rx1 - 1] + h.count[rx1 - 1];
+  const int32_t nx = x_hi - x_lo;
+  s.block.resize(static_cast<size_t>(nx) * 24);
+  uint8_t* blk = s.block.data();
+  for (int32_t yb = y0; yb < y1; yb += 8) {
+    // Rows past y1 repeat the last one; their results are dropped.
+    for (int l = 0; l < 8; ++l) {
+      const int32_t y = std::min(yb + l, y1 - 1);
+      const uint8_t* src = img + (static_cast<int64_t>(y) * W + x_lo) * 3;
+      for (int32_t i = 0; i < nx * 3; ++i) blk[i * 8 + l] = src[i];
+    }
+    const int nl = std::min(8, y1 - yb);
+    for (int32_t rx = rx0; rx < rx1; ++rx) {
+      const int32_t* k = h.k + static_cast<int64_t>(rx) * h.ksize;
+      const uint8_t* px = blk + (h.first[rx] - x_lo) * 24;
+      const int32_t n = h.count[rx];
+      int32_t acc[24];
+      for (int i = 0; i < 24; ++i) acc[i] = kResampleRound;
+      for (int32_t t = 0; t < n; ++t) {
+        const int32_t kt = k[t];
+        const uint8_t* pt = px + t * 24;
+        for (int i = 0; i < 24; ++i) acc[i] += static_cast<int32_t>(pt[i]) * kt;
+      }
+      uint8_t* dst = s.rows.data() + static_cast<int64_t>(yb - y0) * stride + (rx - rx0) * 3;
+      for (int l = 0; l < nl; ++l)
+        for (int ch = 0; ch < 3; ++ch) dst[l * stride + ch] = resample_clip8(acc[ch * 8 + l]);
+    }
+  }
+}
+
+// One band [r0, r1) of output rows of crop `ci`.
+void run_task(const TileResizeParams& p, const TileResizeLayout& L, const OutputTable& tab,
+              int32_t ci, int32_t r0, int32_t r1, Scratch& s) {
+  const int32_t S = p.tile;
+  const int32_t* cr = L.crop(ci);
+  const int32_t img_i = cr[kCropImage];
+  const int32_t W = p.sizes[img_i * 2 + 1];
+  const Table h = table_at(L, cr[kCropHTable]);
+  const Table v = table_at(L, cr[kCropVTable]);
+  const int32_t x0 = cr[kCropX0], y0 = cr[kCropY0];
+  const int64_t plane = static_cast<int64_t>(S) * S;
+  const int64_t crop_off = static_cast<int64_t>(ci) * 3 * plane;
+
+  // Output columns [ca, cb) and rows [ra, rb) that land on the resized image; the rest is
+  // the black canvas.
+  const int32_t ca = std::clamp(-x0, 0, S), cb = std::clamp(h.out - x0, 0, S);
+  const int32_t ra = std::clamp(-y0, r0, r1), rb = std::clamp(v.out - y0, ra, r1);
+
+  s.plane.assign(static_cast<size_t>(3) * S, 0);
+  auto store_row = [&](int32_t r) {
+    for (int ch = 0; ch < 3; ++ch)
+      store_values(p, tab, crop_off + ch * plane + static_cast<int64_t>(r) * S, ch,
+                   s.plane.data() + ch * S, 0, S);
+  };
+  if (ca >= cb || ra >= rb) {
+    for (int32_t r = r0; r < r1; ++r) store_row(r);
+    return;
+  }
+  for (int32_t r = r0; r < ra; ++r) store_row(r);
+  for (int32_t r = rb; r < r1; ++r) store_row(r);
+
+  const int32_t ry0 = ra + y0, ry1 = rb + y0;  // resized rows of this band
+  const int32_t src_lo = v.identity ? ry0 : v.first[ry0];
+  const int32_t src_hi = v.identity ? ry1 : v.first[ry1 - 1] + v.count[ry1 - 1];
+  horizontal_pass(p.images[img_i], W, h, src_lo, src_hi, ca + x0, cb + x0, s);
+
+  const int32_t n3 = (cb - ca) * 3;
+  s.acc.resize(n3);
+  s.line.resize(n3);
+  for (int32_t r = ra; r < rb; ++r) {
+    const int32_t ry = r + y0;
+    const uint8_t* line;
+    if (v.identity) {
+      line = s.rows.data() + static_cast<int64_t>(ry - src_lo) * n3;
+    } else {
+      const int32_t* k = v.k + static_cast<int64_t>(ry) * v.ksize;
+      const int32_t n = v.count[ry];
+      const uint8_t* base = s.rows.data() + static_cast<int64_t>(v.first[ry] - src_lo) * n3;
+      int32_t* acc = s.acc.data();
+      for (int32_t j = 0; j < n3; ++j) acc[j] = kResampleRound;
+      for (int32_t t = 0; t < n; ++t) {
+        const int32_t kt = k[t];
+        const uint8_t* row = base + static_cast<int64_t>(t) * n3;
+        for (int32_t j = 0; j < n3; ++j) acc[j] += static_cast<int32_t>(row[j]) * kt;
+      }
+      uint8_t* out = s.line.data();
+      for (int32_t j = 0; j < n3; ++j) out[j] = resample_clip8(acc[j]);
+      line = out;
+    }
+    for (int32_t c = ca; c < cb; ++c)
+      for (int ch = 0; ch < 3; ++ch) s.plane[ch * S + c] = line[(c - ca) * 3 + ch];
+    store_row(r);
+  }
+}
+
+}  // namespace
+
+const char* tile_resize_validate(const TileResizeParams& p, int32_t* bad_image) {
+  *bad_image = -1;
+  if (p.tile < kTileResizeMinTile || p.tile > kTileResizeMaxTile)
+    return "tile size out of range";
+  if (p.filter != ResizeFilter::Bicubic && p.filter != ResizeFilter::Bilinear)
+    return "filter must be BILINEAR (2) or BICUBIC (3)";
+  int64_t crops = 0;
+  for (int32_t i = 0; i < p.num_images; ++i) {
+    *bad_image = i;
+    const int32_t H = p.sizes[i * 2], W = p.sizes[i * 2 + 1];
+    const int32_t* pl = p.plans + static_cast<int64_t>(i) * kPlanFields;
+    if (H < 1 || W < 1) return "image is empty";
+    if (H > kTileResizeMaxSide || W > kTileResizeMaxSide) return "image side above the maximum";
+    const int32_t gw = pl[kPlanGridW], gh = pl[kPlanGridH];
+    if (gw < 0 || gh < 0 || gw > 64 || gh > 64 || (gw == 0) != (gh == 0))
+      return "plan grid must be 0x0 or between 1x1 and 64x64";
+    if (pl[kPlanGlobal] != 0 && pl[kPlanGlobal] != 1) return "plan global flag must be 0 or 1";
+    if (gw > 0) {
+      const int32_t TW = gw * p.tile, TH = gh * p.tile;
+      const int32_t nw = pl[kPlanNewW], nh = pl[kPlanNewH];
+      if (nw < 1 || nh < 1 || nw > TW || nh > TH)
+        return "plan resized size must be at least 1 and fit in the grid canvas";
+      if (pl[kPlanOffX] < 0 || pl[kPlanOffY] < 0 || pl[kPlanOffX] + nw > TW ||
+          pl[kPlanOffY] + nh > TH)
+        return "plan paste offset puts the resized image outside the canvas";
+      // The widest window must fit the kernels' scratch (see the CUDA launcher).
+      if (W / nw > kTileResizeMaxSide / kTileResizeMinTile ||
+          H / nh > kTileResizeMaxSide / kTileResizeMinTile)
+        return "plan resized size shrinks the image too much";
+    }
+    crops += tile_resize_plan_crops(pl);
+  }
+  *bad_image = -1;
+  if (crops != p.total_crops) return "total_crops does not match the plans";
+  return nullptr;
+}
+
+TileResizeLayout tile_resize_build_layout(const TileResizeParams& p) {
+  TileResizeLayout L;
+  L.num_crops = static_cast<int32_t>(p.total_crops);
+  // Tables are keyed by (in, out): a batch of same-size images shares them.
+  std::map<std::pair<int32_t, int32_t>, int32_t> index;
+  std::vector<std::pair<int32_t, int32_t>> keys;
+  auto table_for = [&](int32_t in, int32_t out) {
+    auto it = index.find({in, out});
+    if (it != index.end()) return it->second;
+    const int32_t t = static_cast<int32_t>(keys.size());
+    index[{in, out}] = t;
+    keys.push_back({in, out});
+    return t;
+  };
+  std::vector<int32_t> crops;
+  crops.reserve(static_cast<size_t>(p.total_crops) * kCropFields);
+  for (int32_t i = 0; i < p.num_images; ++i) {
+    const int32_t H = p.sizes[i * 2], W = p.sizes[i * 2 + 1];
+    const int32_t* pl = p.plans + static_cast<int64_t>(i) * kPlanFields;
+    if (pl[kPlanGlobal]) {
+      const int32_t ht = table_for(W, p.tile), vt = table_for(H, p.tile);
+      crops.insert(crops.end(), {i, ht, vt, 0, 0});
+    }
+    if (pl[kPlanGridW] > 0) {
+      const int32_t ht = table_for(W, pl[kPlanNewW]), vt = table_for(H, pl[kPlanNewH]);
+      for (int32_t ty = 0; ty < pl[kPlanGridH]; ++ty)
+        for (int32_t tx = 0; tx < pl[kPlanGridW]; ++tx)
+          crops.insert(crops.end(), {i, ht, vt, tx * p.tile - pl[kPlanOffX],
+                                     ty * p.tile - pl[kPlanOffY]});
+    }
+  }
+  L.num_tables = static_cast<int32_t>(keys.size());
+  L.data = std::move(crops);
+  const size_t tables_at = L.data.size();
+  L.data.resize(tables_at + static_cast<size_t>(L.num_tables) * kTableFields);
+  for (int32_t t = 0; t < L.num_tables; ++t) {
+    const int32_t in = keys[t].first, out = keys[t].second;
+    const ResampleAxis ax = resample_axis(in, out, p.filter);
+    const size_t first_at = L.data.size();
+    const size_t count_at = first_at + out;
+    const size_t k_at = count_at + out;
+    L.data.resize(k_at + static_cast<size_t>(out) * ax.ksize, 0);
+    int32_t* f = L.data.data() + tables_at + t * kTableFields;
+    f[kTableIn] = in;
+    f[kTableOut] = out;
+    f[kTableKSize] = ax.ksize;
+    f[kTableIdentity] = in == out ? 1 : 0;
+    f[kTableFirst] = static_cast<int32_t>(first_at);
+    f[kTableCount] = static_cast<int32_t>(count_at);
+    f[kTableCoeffs] = static_cast<int32_t>(k_at);
+    L.max_ksize = std::max(L.max_ksize, ax.ksize);
+    int32_t* first = L.data.data() + first_at;
+    int32_t* count = L.data.data() + count_at;
+    int32_t* k = L.data.data() + k_at;
+    for (int32_t o = 0; o < out; ++o)
+      count[o] = resample_coeffs(ax, in, o, p.filter, first + o, k + static_cast<int64_t>(o) * ax.ksize);
+  }
+  return L;
+}
+
+void tile_resize_cpu(const TileResizeParams& p) {
+  if (p.total_crops == 0 || p.num_images == 0) return;
+  const TileResizeLayout L = tile_resize_build_layout(p);
+  const OutputTable tab = make_output_table(p);
+  const int32_t S = p.tile;
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+#else
+  const int threads = 1;
+#endif
+  // Enough bands for every thread to stay busy on a single image, few enough that the
+  // source rows a band's window shares with its neighbours (recomputed) stay a small cost.
+  const int64_t want = 8 * static_cast<int64_t>(threads);
+  const int32_t bands = static_cast<int32_t>(
+      std::clamp<int64_t>((want + p.total_crops - 1) / p.total_crops, 1, std::max(1, S / 32)));
+  const int64_t tasks = p.total_crops * bands;
+#pragma omp parallel
+  {
+    Scratch s;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int32_t ci = static_cast<int32_t>(t / bands), b = static_cast<int32_t>(t % bands);
+      const int32_t r0 = static_cast<int32_t>(static_cast<int64_t>(S) * b / bands);
+      const int32_t r1 = static_cast<int32_t>(static_cast<int64_t>(S) * (b + 1) / bands);
+      run_task(p, L, tab, ci, r0, r1, s);
+    }
+  }
+}
+
+}  // namespace slime
