@@ -139,6 +139,52 @@ void horizontal_pass(const uint8_t* img, int32_t W, const Table& h, int32_t y0, 
   }
 }
 
+// Pillow's order for very tall, narrow images (resample_vertical_first): each resized row
+// [ry0, ry1) is filtered vertically over the source columns it needs, rounded to uint8, then
+// horizontally. Such images are at most a few hundred pixels wide, so plain loops do.
+template <typename Emit>
+void vertical_first_rows(const uint8_t* img, int32_t W, const Table& h, const Table& v,
+                         int32_t ry0, int32_t ry1, int32_t rx0, int32_t rx1, Scratch& s,
+                         Emit emit) {
+  const int32_t x_lo = h.identity ? rx0 : h.first[rx0];
+  const int32_t x_hi = h.identity ? rx1 : h.first[rx1 - 1] + h.count[rx1 - 1];
+  const int32_t nx3 = (x_hi - x_lo) * 3;
+  s.acc.resize(nx3);
+  s.block.resize(nx3);  // the vertically filtered row
+  s.line.resize(static_cast<size_t>(rx1 - rx0) * 3);
+  for (int32_t ry = ry0; ry < ry1; ++ry) {
+    const uint8_t* vrow;
+    if (v.identity) {
+      vrow = img + (static_cast<int64_t>(ry) * W + x_lo) * 3;
+    } else {
+      const int32_t* k = v.k + static_cast<int64_t>(ry) * v.ksize;
+      for (int32_t j = 0; j < nx3; ++j) s.acc[j] = kResampleRound;
+      for (int32_t t = 0; t < v.count[ry]; ++t) {
+        const uint8_t* src = img + (static_cast<int64_t>(v.first[ry] + t) * W + x_lo) * 3;
+        for (int32_t j = 0; j < nx3; ++j) s.acc[j] += static_cast<int32_t>(src[j]) * k[t];
+      }
+      for (int32_t j = 0; j < nx3; ++j) s.block[j] = resample_clip8(s.acc[j]);
+      vrow = s.block.data();
+    }
+    for (int32_t rx = rx0; rx < rx1; ++rx) {
+      for (int ch = 0; ch < 3; ++ch) {
+        uint8_t val;
+        if (h.identity) {
+          val = vrow[(rx - x_lo) * 3 + ch];
+        } else {
+          const int32_t* k = h.k + static_cast<int64_t>(rx) * h.ksize;
+          int32_t acc = kResampleRound;
+          for (int32_t t = 0; t < h.count[rx]; ++t)
+            acc += static_cast<int32_t>(vrow[(h.first[rx] + t - x_lo) * 3 + ch]) * k[t];
+          val = resample_clip8(acc);
+        }
+        s.line[(rx - rx0) * 3 + ch] = val;
+      }
+    }
+    emit(ry, s.line.data());
+  }
+}
+
 // One band [r0, r1) of output rows of crop `ci`.
 void run_task(const TileResizeParams& p, const TileResizeLayout& L, const OutputTable& tab,
               int32_t ci, int32_t r0, int32_t r1, Scratch& s) {
@@ -169,6 +215,17 @@ void run_task(const TileResizeParams& p, const TileResizeLayout& L, const Output
   }
   for (int32_t r = r0; r < ra; ++r) store_row(r);
   for (int32_t r = rb; r < r1; ++r) store_row(r);
+
+  if (cr[kCropVFirst]) {
+    vertical_first_rows(p.images[img_i], W, h, v, ra + y0, rb + y0, ca + x0, cb + x0, s,
+                        [&](int32_t ry, const uint8_t* line) {
+                          for (int32_t c = ca; c < cb; ++c)
+                            for (int ch = 0; ch < 3; ++ch)
+                              s.plane[ch * S + c] = line[(c - ca) * 3 + ch];
+                          store_row(ry - y0);
+                        });
+    return;
+  }
 
   const int32_t ry0 = ra + y0, ry1 = rb + y0;  // resized rows of this band
   const int32_t src_lo = v.identity ? ry0 : v.first[ry0];
@@ -264,14 +321,16 @@ TileResizeLayout tile_resize_build_layout(const TileResizeParams& p) {
     const int32_t* pl = p.plans + static_cast<int64_t>(i) * kPlanFields;
     if (pl[kPlanGlobal]) {
       const int32_t ht = table_for(W, p.tile), vt = table_for(H, p.tile);
-      crops.insert(crops.end(), {i, ht, vt, 0, 0});
+      crops.insert(crops.end(),
+                   {i, ht, vt, 0, 0, resample_vertical_first(W, H, p.tile) ? 1 : 0});
     }
     if (pl[kPlanGridW] > 0) {
       const int32_t ht = table_for(W, pl[kPlanNewW]), vt = table_for(H, pl[kPlanNewH]);
+      const int32_t vfirst = resample_vertical_first(W, H, pl[kPlanNewH]) ? 1 : 0;
       for (int32_t ty = 0; ty < pl[kPlanGridH]; ++ty)
         for (int32_t tx = 0; tx < pl[kPlanGridW]; ++tx)
           crops.insert(crops.end(), {i, ht, vt, tx * p.tile - pl[kPlanOffX],
-                                     ty * p.tile - pl[kPlanOffY]});
+                                     ty * p.tile - pl[kPlanOffY], vfirst});
     }
   }
   L.num_tables = static_cast<int32_t>(keys.size());

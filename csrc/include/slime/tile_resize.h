@@ -149,6 +149,12 @@ SLIME_HD uint8_t resample_clip8(int32_t acc) {
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
+// Pillow's Image.resize runs the vertical pass first (then the horizontal one, each rounded
+// to uint8) when the image is more than 100 times taller than wide and shrinks in height.
+SLIME_HD bool resample_vertical_first(int32_t in_w, int32_t in_h, int32_t out_h) {
+  return in_h > in_w * 100 && out_h < in_h;
+}
+
 // CLIPImageProcessor's arithmetic in float32: rescale (x / 255) then (x - mean) / std.
 SLIME_HD float clip_normalize(uint8_t v, float mean, float stdev) {
   return (static_cast<float>(v) / 255.0f - mean) / stdev;
@@ -165,7 +171,8 @@ enum CropField : int32_t {
   kCropVTable = 2,  // table index of the vertical resize (H -> resized height)
   kCropX0 = 3,      // resized-image column of the crop's column 0 (may be negative: padding)
   kCropY0 = 4,      // resized-image row of the crop's row 0
-  kCropFields = 5
+  kCropVFirst = 5,  // 1: vertical pass first (resample_vertical_first)
+  kCropFields = 6
 };
 
 enum TableField : int32_t {
