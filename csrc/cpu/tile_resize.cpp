@@ -322,7 +322,7 @@ TileResizeLayout tile_resize_build_layout(const TileResizeParams& p) {
     if (pl[kPlanGlobal]) {
       const int32_t ht = table_for(W, p.tile), vt = table_for(H, p.tile);
       crops.insert(crops.end(),
-                   {i, ht, vt, 0, 0, resample_vertical_first(W, H, p.tile) ? 1 : 0});
+                   {i, ht, vt, 0, 0, resample_vertical_first(W, H, p.tile) ? 1 : 0, W, H});
     }
     if (pl[kPlanGridW] > 0) {
       const int32_t ht = table_for(W, pl[kPlanNewW]), vt = table_for(H, pl[kPlanNewH]);
@@ -330,7 +330,7 @@ TileResizeLayout tile_resize_build_layout(const TileResizeParams& p) {
       for (int32_t ty = 0; ty < pl[kPlanGridH]; ++ty)
         for (int32_t tx = 0; tx < pl[kPlanGridW]; ++tx)
           crops.insert(crops.end(), {i, ht, vt, tx * p.tile - pl[kPlanOffX],
-                                     ty * p.tile - pl[kPlanOffY], vfirst});
+                                     ty * p.tile - pl[kPlanOffY], vfirst, W, H});
     }
   }
   L.num_tables = static_cast<int32_t>(keys.size());

@@ -172,7 +172,9 @@ enum CropField : int32_t {
   kCropX0 = 3,      // resized-image column of the crop's column 0 (may be negative: padding)
   kCropY0 = 4,      // resized-image row of the crop's row 0
   kCropVFirst = 5,  // 1: vertical pass first (resample_vertical_first)
-  kCropFields = 6
+  kCropW = 6,       // source image width and height
+  kCropH = 7,
+  kCropFields = 8
 };
 
 enum TableField : int32_t {
