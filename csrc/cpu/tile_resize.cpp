@@ -24,6 +24,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 namespace slime {
 
@@ -95,6 +98,63 @@ Table table_at(const TileResizeLayout& L, int32_t t) {
                L.data.data() + f[kTableCoeffs]};
 }
 
+// blk[i * 8 + l] = src[l][i] for i < n: 8 source rows side by side, so that one tap of the
+// horizontal filter is one multiply-add across the rows.
+inline void transpose8(const uint8_t* const* src, int32_t n, uint8_t* blk) {
+  int32_t i = 0;
+#if defined(__SSE2__)
+  for (; i + 16 <= n; i += 16) {
+    __m128i r[8];
+    for (int l = 0; l < 8; ++l) r[l] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src[l] + i));
+    // Bytes of row pairs, then 16-bit pairs of pairs, then 32-bit quads: byte j of every row
+    // ends up in 8 consecutive bytes.
+    __m128i a[8], b[8];
+    for (int q = 0; q < 4; ++q) {
+      a[2 * q] = _mm_unpacklo_epi8(r[2 * q], r[2 * q + 1]);
+      a[2 * q + 1] = _mm_unpackhi_epi8(r[2 * q], r[2 * q + 1]);
+    }
+    for (int q = 0; q < 2; ++q)
+      for (int hlf = 0; hlf < 2; ++hlf) {
+        b[4 * q + 2 * hlf] = _mm_unpacklo_epi16(a[4 * q + hlf], a[4 * q + 2 + hlf]);
+        b[4 * q + 2 * hlf + 1] = _mm_unpackhi_epi16(a[4 * q + hlf], a[4 * q + 2 + hlf]);
+      }
+    // b[0..3]: rows 0-3, bytes 0-3 / 4-7 / 8-11 / 12-15; b[4..7]: rows 4-7, same bytes.
+    uint8_t* o = blk + i * 8;
+    for (int g = 0; g < 4; ++g) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 32 * g), _mm_unpacklo_epi32(b[g], b[4 + g]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o + 32 * g + 16),
+                       _mm_unpackhi_epi32(b[g], b[4 + g]));
+    }
+  }
+#endif
+  for (; i < n; ++i)
+    for (int l = 0; l < 8; ++l) blk[i * 8 + l] = src[l][i];
+}
+
+// acc[ch * 8 + l] = round + sum_t px[t][ch][l] * k[t]: one output column of 8 rows.
+inline void filter8(const uint8_t* px, const int32_t* k, int32_t n, int32_t* acc) {
+#if defined(__AVX2__)
+  __m256i a0 = _mm256_set1_epi32(kResampleRound), a1 = a0, a2 = a0;
+  for (int32_t t = 0; t < n; ++t) {
+    const __m256i kt = _mm256_set1_epi32(k[t]);
+    const uint8_t* pt = px + t * 24;
+    const __m256i p0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pt)));
+    const __m256i p1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pt + 8)));
+    const __m256i p2 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pt + 16)));
+    a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(p0, kt));
+    a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(p1, kt));
+    a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(p2, kt));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc), a0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 8), a1);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 16), a2);
+#else
+  for (int i = 0; i < 24; ++i) acc[i] = kResampleRound;
+  for (int32_t t = 0; t < n; ++t)
+    for (int i = 0; i < 24; ++i) acc[i] += static_cast<int32_t>(px[t * 24 + i]) * k[t];
+#endif
+}
+
 // Horizontal pass of source rows [y0, y1), resized columns [rx0, rx1), into s.rows.
 void horizontal_pass(const uint8_t* img, int32_t W, const Table& h, int32_t y0, int32_t y1,
                      int32_t rx0, int32_t rx1, Scratch& s) {
@@ -115,23 +175,15 @@ void horizontal_pass(const uint8_t* img, int32_t W, const Table& h, int32_t y0, 
   uint8_t* blk = s.block.data();
   for (int32_t yb = y0; yb < y1; yb += 8) {
     // Rows past y1 repeat the last one; their results are dropped.
-    for (int l = 0; l < 8; ++l) {
-      const int32_t y = std::min(yb + l, y1 - 1);
-      const uint8_t* src = img + (static_cast<int64_t>(y) * W + x_lo) * 3;
-      for (int32_t i = 0; i < nx * 3; ++i) blk[i * 8 + l] = src[i];
-    }
+    const uint8_t* src[8];
+    for (int l = 0; l < 8; ++l)
+      src[l] = img + (static_cast<int64_t>(std::min(yb + l, y1 - 1)) * W + x_lo) * 3;
+    transpose8(src, nx * 3, blk);
     const int nl = std::min(8, y1 - yb);
     for (int32_t rx = rx0; rx < rx1; ++rx) {
-      const int32_t* k = h.k + static_cast<int64_t>(rx) * h.ksize;
-      const uint8_t* px = blk + (h.first[rx] - x_lo) * 24;
-      const int32_t n = h.count[rx];
       int32_t acc[24];
-      for (int i = 0; i < 24; ++i) acc[i] = kResampleRound;
-      for (int32_t t = 0; t < n; ++t) {
-        const int32_t kt = k[t];
-        const uint8_t* pt = px + t * 24;
-        for (int i = 0; i < 24; ++i) acc[i] += static_cast<int32_t>(pt[i]) * kt;
-      }
+      filter8(blk + (h.first[rx] - x_lo) * 24, h.k + static_cast<int64_t>(rx) * h.ksize,
+              h.count[rx], acc);
       uint8_t* dst = s.rows.data() + static_cast<int64_t>(yb - y0) * stride + (rx - rx0) * 3;
       for (int l = 0; l < nl; ++l)
         for (int ch = 0; ch < 3; ++ch) dst[l * stride + ch] = resample_clip8(acc[ch * 8 + l]);
