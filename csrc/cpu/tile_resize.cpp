@@ -37,6 +37,7 @@ namespace {
 struct OutputTable {
   float f32[3][256];
   uint16_t u16[3][256];
+  uint8_t u8[3][256];  // identity: the uint8 output is the resized pixels
 };
 
 OutputTable make_output_table(const TileResizeParams& p) {
@@ -45,32 +46,44 @@ OutputTable make_output_table(const TileResizeParams& p) {
     for (int v = 0; v < 256; ++v) {
       const float x = clip_normalize(static_cast<uint8_t>(v), p.mean[c], p.stdev[c]);
       t.f32[c][v] = x;
+      t.u8[c][v] = static_cast<uint8_t>(v);
       t.u16[c][v] = p.out_dtype == DType::BF16 ? float_to_bf16_bits(x) : float_to_f16_bits(x);
     }
   return t;
 }
 
-// Writes one output row segment [c0, c1) of channel plane `ch` from uint8 values.
-inline void store_values(const TileResizeParams& p, const OutputTable& tab, int64_t plane_off,
-                         int ch, const uint8_t* vals, int32_t c0, int32_t c1) {
+// Writes row r of the three planes of a crop: the black canvas outside [ca, cb), the
+// table value of line[(c - ca) * 3 + ch] inside (line == nullptr: all canvas).
+template <typename T>
+inline void store_row_t(T* crop, const T (*lut)[256], int64_t plane, int32_t S, int32_t r,
+                        const uint8_t* line, int32_t ca, int32_t cb) {
+  if (!line) ca = cb = S;
+  for (int ch = 0; ch < 3; ++ch) {
+    T* o = crop + ch * plane + static_cast<int64_t>(r) * S;
+    const T* t = lut[ch];
+    const T pad = t[0];
+    for (int32_t c = 0; c < ca; ++c) o[c] = pad;
+    const uint8_t* in = line ? line + ch - 3 * ca : nullptr;
+    for (int32_t c = ca; c < cb; ++c) o[c] = t[in[3 * c]];
+    for (int32_t c = cb; c < S; ++c) o[c] = pad;
+  }
+}
+
+inline void store_row(const TileResizeParams& p, const OutputTable& tab, int32_t ci, int32_t r,
+                      const uint8_t* line, int32_t ca, int32_t cb) {
+  const int32_t S = p.tile;
+  const int64_t plane = static_cast<int64_t>(S) * S;
+  const int64_t off = static_cast<int64_t>(ci) * 3 * plane;
   switch (p.out_dtype) {
-    case DType::U8: {
-      uint8_t* o = static_cast<uint8_t*>(p.out) + plane_off;
-      for (int32_t c = c0; c < c1; ++c) o[c] = vals[c];
+    case DType::U8:
+      store_row_t(static_cast<uint8_t*>(p.out) + off, tab.u8, plane, S, r, line, ca, cb);
       break;
-    }
-    case DType::F32: {
-      float* o = static_cast<float*>(p.out) + plane_off;
-      const float* t = tab.f32[ch];
-      for (int32_t c = c0; c < c1; ++c) o[c] = t[vals[c]];
+    case DType::F32:
+      store_row_t(static_cast<float*>(p.out) + off, tab.f32, plane, S, r, line, ca, cb);
       break;
-    }
-    default: {
-      uint16_t* o = static_cast<uint16_t*>(p.out) + plane_off;
-      const uint16_t* t = tab.u16[ch];
-      for (int32_t c = c0; c < c1; ++c) o[c] = t[vals[c]];
+    default:
+      store_row_t(static_cast<uint16_t*>(p.out) + off, tab.u16, plane, S, r, line, ca, cb);
       break;
-    }
   }
 }
 
@@ -80,7 +93,6 @@ struct Scratch {
   std::vector<uint8_t> rows;   // [row][col*3 + ch] horizontal pass result (Pillow's imTemp)
   std::vector<int32_t> acc;    // vertical accumulators of one output row
   std::vector<uint8_t> line;   // [col*3 + ch] one finished output row
-  std::vector<uint8_t> plane;  // [ch][col] the same, deinterleaved
 };
 
 struct Table {
@@ -131,8 +143,12 @@ inline void transpose8(const uint8_t* const* src, int32_t n, uint8_t* blk) {
     for (int l = 0; l < 8; ++l) blk[i * 8 + l] = src[l][i];
 }
 
-// acc[ch * 8 + l] = round + sum_t px[t][ch][l] * k[t]: one output column of 8 rows.
-inline void filter8(const uint8_t* px, const int32_t* k, int32_t n, int32_t* acc) {
+// One output column of 8 rows: sum_t px[t][ch][l] * k[t], rounded and clipped as Pillow
+// does, stored as 3 bytes (r, g, b) at dst + l * stride for the first nl rows. Unless `last`,
+// each store writes 4 bytes; the extra one is the next column's first byte, written again
+// right after (columns go left to right).
+inline void filter8(const uint8_t* px, const int32_t* k, int32_t n, uint8_t* dst, int64_t stride,
+                    int nl, bool last) {
 #if defined(__AVX2__)
   __m256i a0 = _mm256_set1_epi32(kResampleRound), a1 = a0, a2 = a0;
   for (int32_t t = 0; t < n; ++t) {
@@ -145,13 +161,27 @@ inline void filter8(const uint8_t* px, const int32_t* k, int32_t n, int32_t* acc
     a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(p1, kt));
     a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(p2, kt));
   }
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc), a0);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 8), a1);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + 16), a2);
+  // >> 22 then saturating packs: clamp to int16, then to [0, 255], i.e. resample_clip8.
+  a0 = _mm256_srai_epi32(a0, kResamplePrecisionBits);
+  a1 = _mm256_srai_epi32(a1, kResamplePrecisionBits);
+  a2 = _mm256_srai_epi32(a2, kResamplePrecisionBits);
+  // Per 128-bit half (rows 0-3, rows 4-7): bytes [ch0 x4, ch1 x4, ch2 x4, ch2 x4].
+  const __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(a0, a1), _mm256_packs_epi32(a2, a2));
+  const __m256i rgb = _mm256_shuffle_epi8(
+      b, _mm256_setr_epi8(0, 4, 8, -1, 1, 5, 9, -1, 2, 6, 10, -1, 3, 7, 11, -1,  //
+                          0, 4, 8, -1, 1, 5, 9, -1, 2, 6, 10, -1, 3, 7, 11, -1));
+  alignas(32) uint32_t px4[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(px4), rgb);
+  const size_t bytes = last ? 3 : 4;
+  for (int l = 0; l < nl; ++l) std::memcpy(dst + l * stride, &px4[l], bytes);
 #else
+  (void)last;
+  int32_t acc[24];
   for (int i = 0; i < 24; ++i) acc[i] = kResampleRound;
   for (int32_t t = 0; t < n; ++t)
     for (int i = 0; i < 24; ++i) acc[i] += static_cast<int32_t>(px[t * 24 + i]) * k[t];
+  for (int l = 0; l < nl; ++l)
+    for (int ch = 0; ch < 3; ++ch) dst[l * stride + ch] = resample_clip8(acc[ch * 8 + l]);
 #endif
 }
 
@@ -180,14 +210,10 @@ void horizontal_pass(const uint8_t* img, int32_t W, const Table& h, int32_t y0, 
       src[l] = img + (static_cast<int64_t>(std::min(yb + l, y1 - 1)) * W + x_lo) * 3;
     transpose8(src, nx * 3, blk);
     const int nl = std::min(8, y1 - yb);
-    for (int32_t rx = rx0; rx < rx1; ++rx) {
-      int32_t acc[24];
+    uint8_t* dst = s.rows.data() + static_cast<int64_t>(yb - y0) * stride;
+    for (int32_t rx = rx0; rx < rx1; ++rx)
       filter8(blk + (h.first[rx] - x_lo) * 24, h.k + static_cast<int64_t>(rx) * h.ksize,
-              h.count[rx], acc);
-      uint8_t* dst = s.rows.data() + static_cast<int64_t>(yb - y0) * stride + (rx - rx0) * 3;
-      for (int l = 0; l < nl; ++l)
-        for (int ch = 0; ch < 3; ++ch) dst[l * stride + ch] = resample_clip8(acc[ch * 8 + l]);
-    }
+              h.count[rx], dst + (rx - rx0) * 3, stride, nl, rx == rx1 - 1);
   }
 }
 
@@ -247,34 +273,23 @@ void run_task(const TileResizeParams& p, const TileResizeLayout& L, const Output
   const Table h = table_at(L, cr[kCropHTable]);
   const Table v = table_at(L, cr[kCropVTable]);
   const int32_t x0 = cr[kCropX0], y0 = cr[kCropY0];
-  const int64_t plane = static_cast<int64_t>(S) * S;
-  const int64_t crop_off = static_cast<int64_t>(ci) * 3 * plane;
 
   // Output columns [ca, cb) and rows [ra, rb) that land on the resized image; the rest is
   // the black canvas.
   const int32_t ca = std::clamp(-x0, 0, S), cb = std::clamp(h.out - x0, 0, S);
   const int32_t ra = std::clamp(-y0, r0, r1), rb = std::clamp(v.out - y0, ra, r1);
 
-  s.plane.assign(static_cast<size_t>(3) * S, 0);
-  auto store_row = [&](int32_t r) {
-    for (int ch = 0; ch < 3; ++ch)
-      store_values(p, tab, crop_off + ch * plane + static_cast<int64_t>(r) * S, ch,
-                   s.plane.data() + ch * S, 0, S);
-  };
   if (ca >= cb || ra >= rb) {
-    for (int32_t r = r0; r < r1; ++r) store_row(r);
+    for (int32_t r = r0; r < r1; ++r) store_row(p, tab, ci, r, nullptr, ca, cb);
     return;
   }
-  for (int32_t r = r0; r < ra; ++r) store_row(r);
-  for (int32_t r = rb; r < r1; ++r) store_row(r);
+  for (int32_t r = r0; r < ra; ++r) store_row(p, tab, ci, r, nullptr, ca, cb);
+  for (int32_t r = rb; r < r1; ++r) store_row(p, tab, ci, r, nullptr, ca, cb);
 
   if (cr[kCropVFirst]) {
     vertical_first_rows(p.images[img_i], W, h, v, ra + y0, rb + y0, ca + x0, cb + x0, s,
                         [&](int32_t ry, const uint8_t* line) {
-                          for (int32_t c = ca; c < cb; ++c)
-                            for (int ch = 0; ch < 3; ++ch)
-                              s.plane[ch * S + c] = line[(c - ca) * 3 + ch];
-                          store_row(ry - y0);
+                          store_row(p, tab, ci, ry - y0, line, ca, cb);
                         });
     return;
   }
@@ -307,9 +322,7 @@ void run_task(const TileResizeParams& p, const TileResizeLayout& L, const Output
       for (int32_t j = 0; j < n3; ++j) out[j] = resample_clip8(acc[j]);
       line = out;
     }
-    for (int32_t c = ca; c < cb; ++c)
-      for (int ch = 0; ch < 3; ++ch) s.plane[ch * S + c] = line[(c - ca) * 3 + ch];
-    store_row(r);
+    store_row(p, tab, ci, r, line, ca, cb);
   }
 }
 
