@@ -172,8 +172,11 @@ inline void filter8(const uint8_t* px, const int32_t* k, int32_t n, uint8_t* dst
                           0, 4, 8, -1, 1, 5, 9, -1, 2, 6, 10, -1, 3, 7, 11, -1));
   alignas(32) uint32_t px4[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(px4), rgb);
-  const size_t bytes = last ? 3 : 4;
-  for (int l = 0; l < nl; ++l) std::memcpy(dst + l * stride, &px4[l], bytes);
+  if (last) {
+    for (int l = 0; l < nl; ++l) std::memcpy(dst + l * stride, &px4[l], 3);
+  } else {
+    for (int l = 0; l < nl; ++l) std::memcpy(dst + l * stride, &px4[l], 4);
+  }
 #else
   (void)last;
   int32_t acc[24];
@@ -183,6 +186,40 @@ inline void filter8(const uint8_t* px, const int32_t* k, int32_t n, uint8_t* dst
   for (int l = 0; l < nl; ++l)
     for (int ch = 0; ch < 3; ++ch) dst[l * stride + ch] = resample_clip8(acc[ch * 8 + l]);
 #endif
+}
+
+// out[j] = clip8(round + sum_t rows[t * n][j] * k[t]) for j < n: one output row of the
+// vertical pass. 32 values at a time stay in registers across all taps.
+inline void vertical_row(const uint8_t* rows, int32_t n, const int32_t* k, int32_t taps,
+                         uint8_t* out) {
+  int32_t j = 0;
+#if defined(__AVX2__)
+  for (; j + 32 <= n; j += 32) {
+    __m256i a[4];
+    for (int q = 0; q < 4; ++q) a[q] = _mm256_set1_epi32(kResampleRound);
+    const uint8_t* r = rows + j;
+    for (int32_t t = 0; t < taps; ++t, r += n) {
+      const __m256i kt = _mm256_set1_epi32(k[t]);
+      for (int q = 0; q < 4; ++q) {
+        const __m256i px =
+            _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(r + 8 * q)));
+        a[q] = _mm256_add_epi32(a[q], _mm256_mullo_epi32(px, kt));
+      }
+    }
+    for (int q = 0; q < 4; ++q) a[q] = _mm256_srai_epi32(a[q], kResamplePrecisionBits);
+    // Saturating packs clip to [0, 255] (resample_clip8); they interleave the 128-bit
+    // halves, which the final permute puts back in order.
+    const __m256i w = _mm256_packus_epi16(_mm256_packs_epi32(a[0], a[1]),
+                                          _mm256_packs_epi32(a[2], a[3]));
+    const __m256i o = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), o);
+  }
+#endif
+  for (; j < n; ++j) {
+    int32_t acc = kResampleRound;
+    for (int32_t t = 0; t < taps; ++t) acc += static_cast<int32_t>(rows[t * n + j]) * k[t];
+    out[j] = resample_clip8(acc);
+  }
 }
 
 // Horizontal pass of source rows [y0, y1), resized columns [rx0, rx1), into s.rows.
@@ -300,7 +337,6 @@ void run_task(const TileResizeParams& p, const TileResizeLayout& L, const Output
   horizontal_pass(p.images[img_i], W, h, src_lo, src_hi, ca + x0, cb + x0, s);
 
   const int32_t n3 = (cb - ca) * 3;
-  s.acc.resize(n3);
   s.line.resize(n3);
   for (int32_t r = ra; r < rb; ++r) {
     const int32_t ry = r + y0;
@@ -309,17 +345,9 @@ void run_task(const TileResizeParams& p, const TileResizeLayout& L, const Output
       line = s.rows.data() + static_cast<int64_t>(ry - src_lo) * n3;
     } else {
       const int32_t* k = v.k + static_cast<int64_t>(ry) * v.ksize;
-      const int32_t n = v.count[ry];
       const uint8_t* base = s.rows.data() + static_cast<int64_t>(v.first[ry] - src_lo) * n3;
-      int32_t* acc = s.acc.data();
-      for (int32_t j = 0; j < n3; ++j) acc[j] = kResampleRound;
-      for (int32_t t = 0; t < n; ++t) {
-        const int32_t kt = k[t];
-        const uint8_t* row = base + static_cast<int64_t>(t) * n3;
-        for (int32_t j = 0; j < n3; ++j) acc[j] += static_cast<int32_t>(row[j]) * kt;
-      }
-      uint8_t* out = s.line.data();
-      for (int32_t j = 0; j < n3; ++j) out[j] = resample_clip8(acc[j]);
+      vertical_row(base, n3, k, v.count[ry], s.line.data());
+      const uint8_t* out = s.line.data();
       line = out;
     }
     store_row(p, tab, ci, r, line, ca, cb);
