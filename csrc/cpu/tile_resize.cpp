@@ -473,7 +473,9 @@ void tile_resize_cpu(const TileResizeParams& p) {
   const int64_t tasks = p.total_crops * bands;
 #pragma omp parallel
   {
-    Scratch s;
+    // Kept by each (pooled) OpenMP thread across calls: a few MB at most, and fresh buffers
+    // every call would cost a page fault per 4 KB touched.
+    static thread_local Scratch s;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int32_t ci = static_cast<int32_t>(t / bands), b = static_cast<int32_t>(t % bands);
