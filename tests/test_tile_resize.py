@@ -166,6 +166,25 @@ def test_normalised_custom_mean_std_and_reference(rng):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_buffer_reused(device, rng):
+    sizes = [(500, 300), (64, 900)]
+    images = [torch.from_numpy(rand_image(w, h, rng)).to(device) for w, h in sizes]
+    plans = [plan_slime(w, h) for w, h in sizes]
+    fresh, crops = tile_resize(images, plans, dtype=torch.bfloat16)
+    buf = torch.full((sum(crops), 3, 336, 336), float("nan"), dtype=torch.bfloat16, device=device)
+    out, crops2 = tile_resize(images, plans, out=buf)
+    assert out is buf and crops2 == crops and torch.equal(buf, fresh)
+    buf8 = torch.full((sum(crops), 3, 336, 336), 7, dtype=torch.uint8, device=device)
+    tile_resize(images, plans, out=buf8)
+    assert torch.equal(buf8, torch.cat([tile_resize_ref(im.cpu().numpy(), p)
+                                        for im, p in zip(images, plans)]).to(device))
+    with pytest.raises(ValueError, match="out must be a contiguous tensor of shape"):
+        tile_resize(images, plans, out=buf[:-1])
+    with pytest.raises(TypeError, match="out must have dtype"):
+        tile_resize(images, plans, out=buf.double())
+
+
 def test_opcheck(rng):
     images = [torch.from_numpy(rand_image(w, h, rng)) for w, h in [(40, 30), (17, 90)]]
     plist = [plan_slime(40, 30, 16), plan_fixed(17, 90, (1, 3), 16)]
@@ -174,6 +193,9 @@ def test_opcheck(rng):
     for dtype in (torch.float32, torch.uint8):
         torch.library.opcheck(torch.ops.slime.tile_resize.default,
                               (images, plans, total, 16, 3, list(CLIP_MEAN), list(CLIP_STD), dtype))
+        out = torch.empty(total, 3, 16, 16, dtype=dtype)
+        torch.library.opcheck(torch.ops.slime.tile_resize_out.default,
+                              (images, plans, total, 16, 3, list(CLIP_MEAN), list(CLIP_STD), out))
 
 
 # ---- processor ----

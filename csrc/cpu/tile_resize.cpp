@@ -465,11 +465,15 @@ void tile_resize_cpu(const TileResizeParams& p) {
 #else
   const int threads = 1;
 #endif
-  // Enough bands for every thread to stay busy on a single image, few enough that the
-  // source rows a band's window shares with its neighbours (recomputed) stay a small cost.
+  // Bands of about kBandRows output rows keep a band's horizontal-pass rows in L2 between
+  // the two passes (whole crops of a large image do not fit); more bands when needed for
+  // every thread to stay busy on a single image. The source rows a band's window shares with
+  // its neighbours are recomputed, a few percent at this height.
+  constexpr int32_t kBandRows = 48;
   const int64_t want = 8 * static_cast<int64_t>(threads);
-  const int32_t bands = static_cast<int32_t>(
-      std::clamp<int64_t>((want + p.total_crops - 1) / p.total_crops, 1, std::max(1, S / 32)));
+  const int64_t for_threads = (want + p.total_crops - 1) / p.total_crops;
+  const int32_t bands = static_cast<int32_t>(std::clamp<int64_t>(
+      std::max<int64_t>(for_threads, (S + kBandRows - 1) / kBandRows), 1, std::max(1, S / 16)));
   const int64_t tasks = p.total_crops * bands;
 #pragma omp parallel
   {

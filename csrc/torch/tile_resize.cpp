@@ -18,12 +18,30 @@ at::Tensor tile_resize_cpu_impl(const std::vector<at::Tensor>& images, const at:
   return a.out;
 }
 
+// The same into a caller's buffer (e.g. pinned memory reused across batches: a fresh output
+// costs a page fault per 4 KB on its first write).
+void tile_resize_out_cpu_impl(const std::vector<at::Tensor>& images, const at::Tensor& plans,
+                              int64_t total_crops, int64_t tile_size, int64_t filter,
+                              c10::ArrayRef<double> mean, c10::ArrayRef<double> stdev,
+                              const at::Tensor& out) {
+  auto a = slime::glue::tile_resize_prepare(images, plans, total_crops, tile_size, filter,
+                                            mean.vec(), stdev.vec(), out.scalar_type(),
+                                            c10::Device(c10::kCPU), &out);
+  slime::tile_resize_cpu(a.params);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(slime, m) {
   m.def(
       "tile_resize(Tensor[] images, Tensor plans, int total_crops, int tile_size, int filter, "
       "float[] mean, float[] std, ScalarType out_dtype) -> Tensor");
+  m.def(
+      "tile_resize_out(Tensor[] images, Tensor plans, int total_crops, int tile_size, "
+      "int filter, float[] mean, float[] std, Tensor(a!) out) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(slime, CPU, m) { m.impl("tile_resize", &tile_resize_cpu_impl); }
+TORCH_LIBRARY_IMPL(slime, CPU, m) {
+  m.impl("tile_resize", &tile_resize_cpu_impl);
+  m.impl("tile_resize_out", &tile_resize_out_cpu_impl);
+}

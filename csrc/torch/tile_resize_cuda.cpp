@@ -9,17 +9,17 @@
 
 namespace {
 
-// images: list of [H, W, 3] uint8 on one CUDA device; plans: [N, 7] int32 (CPU)
-at::Tensor tile_resize_cuda_impl(const std::vector<at::Tensor>& images, const at::Tensor& plans,
-                                 int64_t total_crops, int64_t tile_size, int64_t filter,
-                                 c10::ArrayRef<double> mean, c10::ArrayRef<double> stdev,
-                                 c10::ScalarType out_dtype) {
-  TORCH_CHECK_VALUE(!images.empty() && images[0].is_cuda(),
-                    "slime::tile_resize (CUDA): images must be CUDA tensors");
-  const c10::Device device = images[0].device();
+// images: list of [H, W, 3] uint8 on one CUDA device; plans: [N, 7] int32 (CPU);
+// out: nullptr or the caller's [total_crops, 3, S, S] buffer on that device.
+at::Tensor run(const std::vector<at::Tensor>& images, const at::Tensor& plans,
+               int64_t total_crops, int64_t tile_size, int64_t filter, c10::ArrayRef<double> mean,
+               c10::ArrayRef<double> stdev, c10::ScalarType out_dtype, const at::Tensor* out) {
+  const c10::Device device =
+      !images.empty() ? images[0].device() : (out ? out->device() : plans.device());
+  TORCH_CHECK_VALUE(device.is_cuda(), "slime::tile_resize (CUDA): images must be CUDA tensors");
   const c10::cuda::CUDAGuard guard(device);
   auto a = slime::glue::tile_resize_prepare(images, plans, total_crops, tile_size, filter,
-                                            mean.vec(), stdev.vec(), out_dtype, device);
+                                            mean.vec(), stdev.vec(), out_dtype, device, out);
   if (total_crops == 0) return a.out;
   const slime::TileResizeLayout layout = slime::tile_resize_build_layout(a.params);
   const auto host_i32 = at::TensorOptions().dtype(at::kInt);
@@ -41,6 +41,23 @@ at::Tensor tile_resize_cuda_impl(const std::vector<at::Tensor>& images, const at
   return a.out;
 }
 
+at::Tensor tile_resize_cuda_impl(const std::vector<at::Tensor>& images, const at::Tensor& plans,
+                                 int64_t total_crops, int64_t tile_size, int64_t filter,
+                                 c10::ArrayRef<double> mean, c10::ArrayRef<double> stdev,
+                                 c10::ScalarType out_dtype) {
+  return run(images, plans, total_crops, tile_size, filter, mean, stdev, out_dtype, nullptr);
+}
+
+void tile_resize_out_cuda_impl(const std::vector<at::Tensor>& images, const at::Tensor& plans,
+                               int64_t total_crops, int64_t tile_size, int64_t filter,
+                               c10::ArrayRef<double> mean, c10::ArrayRef<double> stdev,
+                               const at::Tensor& out) {
+  run(images, plans, total_crops, tile_size, filter, mean, stdev, out.scalar_type(), &out);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(slime, CUDA, m) { m.impl("tile_resize", &tile_resize_cuda_impl); }
+TORCH_LIBRARY_IMPL(slime, CUDA, m) {
+  m.impl("tile_resize", &tile_resize_cuda_impl);
+  m.impl("tile_resize_out", &tile_resize_out_cuda_impl);
+}

@@ -21,13 +21,15 @@ struct TileResizeArgs {
   at::Tensor out;                      // [total_crops, 3, S, S]
 };
 
-// images: each [H, W, 3] uint8 contiguous on `device`; plans: [N, 7] int32 on the CPU.
+// images: each [H, W, 3] uint8 contiguous on `device`; plans: [N, 7] int32 on the CPU;
+// out: nullptr (allocate) or [total_crops, 3, S, S] contiguous on `device`, of out_dtype.
 inline TileResizeArgs tile_resize_prepare(const std::vector<at::Tensor>& images,
                                           const at::Tensor& plans, int64_t total_crops,
                                           int64_t tile_size, int64_t filter,
                                           const std::vector<double>& mean,
                                           const std::vector<double>& stdev,
-                                          c10::ScalarType out_dtype, c10::Device device) {
+                                          c10::ScalarType out_dtype, c10::Device device,
+                                          const at::Tensor* out = nullptr) {
   TileResizeArgs a;
   const int64_t n = static_cast<int64_t>(images.size());
   TORCH_CHECK_VALUE(plans.device().is_cpu(), "slime::tile_resize: plans must be on the CPU");
@@ -87,8 +89,18 @@ inline TileResizeArgs tile_resize_prepare(const std::vector<at::Tensor>& images,
     if (bad >= 0) TORCH_CHECK_VALUE(false, "slime::tile_resize: images[", bad, "]: ", err);
     TORCH_CHECK_VALUE(false, "slime::tile_resize: ", err);
   }
-  a.out = at::empty({total_crops, 3, tile_size, tile_size},
-                    at::TensorOptions().dtype(out_dtype).device(device));
+  if (out) {
+    TORCH_CHECK_VALUE(out->device() == device, "slime::tile_resize: out is on ", out->device(),
+                      " but the images are on ", device);
+    TORCH_CHECK_VALUE(out->sizes() == at::IntArrayRef({total_crops, 3, tile_size, tile_size}),
+                      "slime::tile_resize: out must have shape [", total_crops, ", 3, ",
+                      tile_size, ", ", tile_size, "], got ", out->sizes());
+    TORCH_CHECK_VALUE(out->is_contiguous(), "slime::tile_resize: out must be contiguous");
+    a.out = *out;
+  } else {
+    a.out = at::empty({total_crops, 3, tile_size, tile_size},
+                      at::TensorOptions().dtype(out_dtype).device(device));
+  }
   p.out = a.out.data_ptr();
   return a;
 }

@@ -51,13 +51,15 @@ def _check_image(i, img, device):
 
 
 def tile_resize(images, plans, *, tile_size=336, filter="bicubic", mean=CLIP_MEAN, std=CLIP_STD,
-                dtype=torch.float32):
+                dtype=torch.float32, out=None):
     """All crops of all images in one call.
 
     images: list of uint8 tensors, each (H_i, W_i, 3), contiguous, all on one device
     plans:  (N, 7) int32 CPU tensor, one Plan.as_row() per image (or a list of Plans)
     dtype:  float32 / bfloat16 / float16: normalised ((x / 255 - mean) / std in float32, then
             rounded to dtype); uint8: the resized, padded pixels, not normalised
+    out:    optional (total_crops, 3, S, S) contiguous tensor on the images' device to write
+            into (its dtype is used; e.g. a pinned buffer reused across batches)
     Returns (pixel_values (total_crops, 3, S, S), crops_per_image list of int)."""
     if isinstance(images, torch.Tensor) or not isinstance(images, (list, tuple)):
         raise TypeError(f"images must be a list of (H, W, 3) uint8 tensors, got "
@@ -75,6 +77,9 @@ def tile_resize(images, plans, *, tile_size=336, filter="bicubic", mean=CLIP_MEA
         _check_image(i, img, device)
     if not isinstance(tile_size, int) or not 16 <= tile_size <= 1024:
         raise ValueError(f"tile_size must be an integer in [16, 1024], got {tile_size!r}")
+    if out is not None:
+        check_tensor("out", out, dtypes=_OUT_DTYPES, device=device)
+        dtype = out.dtype
     if dtype not in _OUT_DTYPES:
         raise TypeError(f"dtype must be one of float32, bfloat16, float16, uint8; got {dtype}")
     mean = [float(v) for v in mean]
@@ -84,8 +89,15 @@ def tile_resize(images, plans, *, tile_size=336, filter="bicubic", mean=CLIP_MEA
     plans = plans.contiguous()
     rows = plans.tolist()
     crops = [(1 if r[6] else 0) + r[0] * r[1] for r in rows]
-    out = torch.ops.slime.tile_resize(images, plans, sum(crops), tile_size, _filter_code(filter),
-                                      mean, std, dtype)
+    total = sum(crops)
+    if out is None:
+        return torch.ops.slime.tile_resize(images, plans, total, tile_size, _filter_code(filter),
+                                           mean, std, dtype), crops
+    if tuple(out.shape) != (total, 3, tile_size, tile_size) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous tensor of shape {(total, 3, tile_size, tile_size)},"
+                         f" got {tuple(out.shape)} (contiguous: {out.is_contiguous()})")
+    torch.ops.slime.tile_resize_out(images, plans, total, tile_size, _filter_code(filter), mean,
+                                    std, out)
     return out, crops
 
 
@@ -93,3 +105,8 @@ def tile_resize(images, plans, *, tile_size=336, filter="bicubic", mean=CLIP_MEA
 def _(images, plans, total_crops, tile_size, filter, mean, std, out_dtype):
     device = images[0].device if images else plans.device
     return torch.empty((total_crops, 3, tile_size, tile_size), dtype=out_dtype, device=device)
+
+
+@torch.library.register_fake("slime::tile_resize_out")
+def _(images, plans, total_crops, tile_size, filter, mean, std, out):
+    return None
