@@ -91,7 +91,7 @@ inline void store_row(const TileResizeParams& p, const OutputTable& tab, int32_t
 struct Scratch {
   std::vector<uint8_t> block;  // [x][ch][8] the 8 source rows being filtered horizontally
   std::vector<uint8_t> rows;   // [row][col*3 + ch] horizontal pass result (Pillow's imTemp)
-  std::vector<int32_t> acc;    // vertical accumulators of one output row
+  std::vector<int32_t> acc;    // vertical accumulators (vertical-first order)
   std::vector<uint8_t> line;   // [col*3 + ch] one finished output row
 };
 
