@@ -298,6 +298,8 @@ def test_op_errors(rng):
     bad = Plan(2, 1, 300, 300, 400, 0, True, 336)
     with pytest.raises(ValueError, match=r"images\[0\].*outside the canvas"):
         tile_resize([img], [bad])
+    with pytest.raises(ValueError, match=r"images\[0\].*plan grid"):
+        tile_resize([img], torch.tensor([[-1, 2, 30, 20, 0, 0, 1]], dtype=torch.int32))
     rows = torch.tensor([plan.as_row()], dtype=torch.int32)
     with pytest.raises(ValueError, match="total_crops"):
         torch.ops.slime.tile_resize([img], rows, 2, 336, 3, list(CLIP_MEAN), list(CLIP_STD),

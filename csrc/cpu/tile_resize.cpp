@@ -378,8 +378,9 @@ const char* tile_resize_validate(const TileResizeParams& p, int32_t* bad_image) 
       const int32_t nw = pl[kPlanNewW], nh = pl[kPlanNewH];
       if (nw < 1 || nh < 1 || nw > TW || nh > TH)
         return "plan resized size must be at least 1 and fit in the grid canvas";
-      if (pl[kPlanOffX] < 0 || pl[kPlanOffY] < 0 || pl[kPlanOffX] + nw > TW ||
-          pl[kPlanOffY] + nh > TH)
+      if (pl[kPlanOffX] < 0 || pl[kPlanOffY] < 0 ||
+          static_cast<int64_t>(pl[kPlanOffX]) + nw > TW ||
+          static_cast<int64_t>(pl[kPlanOffY]) + nh > TH)
         return "plan paste offset puts the resized image outside the canvas";
       // The widest window must fit the kernels' scratch (see the CUDA launcher).
       if (W / nw > kTileResizeMaxSide / kTileResizeMinTile ||

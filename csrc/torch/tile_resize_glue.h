@@ -46,7 +46,6 @@ inline TileResizeArgs tile_resize_prepare(const std::vector<at::Tensor>& images,
                        out_dtype == c10::ScalarType::BFloat16 ||
                        out_dtype == c10::ScalarType::Byte,
                    "slime::tile_resize: out_dtype must be float32, float16, bfloat16 or uint8");
-  TORCH_CHECK_VALUE(total_crops >= 0, "slime::tile_resize: total_crops must be >= 0");
   a.plans = plans.contiguous();
   a.images.resize(n);
   a.sizes.resize(2 * n);
@@ -89,6 +88,8 @@ inline TileResizeArgs tile_resize_prepare(const std::vector<at::Tensor>& images,
     if (bad >= 0) TORCH_CHECK_VALUE(false, "slime::tile_resize: images[", bad, "]: ", err);
     TORCH_CHECK_VALUE(false, "slime::tile_resize: ", err);
   }
+  TORCH_CHECK_VALUE(total_crops >= 0 && total_crops <= (int64_t{1} << 31),
+                    "slime::tile_resize: total_crops must be in [0, 2^31], got ", total_crops);
   if (out) {
     TORCH_CHECK_VALUE(out->device() == device, "slime::tile_resize: out is on ", out->device(),
                       " but the images are on ", device);
