@@ -37,7 +37,7 @@ def _key_mask(key_mask, key_padding_mask, batch, lk, device):
     if mask.device != device:
         raise ValueError(f"{name} is on {mask.device} but q is on {device}")
     if mask.dtype == torch.bool:
-        keep = mask
+        keep = mask if key_mask is not None else ~mask
     elif mask.dtype.is_floating_point:
         # An additive float mask (MHA and SDPA accept them): 0 keeps a key, -inf drops it.
         # Other values would reweight keys, which a padding mask cannot express.
@@ -48,8 +48,6 @@ def _key_mask(key_mask, key_padding_mask, batch, lk, device):
                              "pass a bool mask instead")
     else:
         raise TypeError(f"{name} must be bool (or a float mask of 0 / -inf), got {mask.dtype}")
-    if key_padding_mask is not None:
-        keep = ~keep
     return keep.contiguous()
 
 
@@ -64,7 +62,8 @@ def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None
         key_mask: (B, Lk) bool, True where a key takes part (SDPA's convention), or a
             float mask of 0 (keep) / -inf (drop).
         key_padding_mask: (B, Lk) bool, True where a key is padding and is ignored
-            (nn.MultiheadAttention's convention). Give at most one of the two masks.
+            (nn.MultiheadAttention's convention), or a float mask of 0 / -inf (additive
+            masks mean the same in both conventions). Give at most one of the two masks.
         scale: score scale, default 1 / sqrt(d).
         return_lse: also return the log-sum-exp of the scaled scores.
 
