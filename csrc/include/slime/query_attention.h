@@ -64,7 +64,7 @@ struct QueryAttentionBackwardParams {
   DType dtype = DType::F32;
 };
 
-inline bool query_attention_q_shared(const AttnStrides& s) { return s.batch == 0; }
+SLIME_HD bool query_attention_q_shared(const AttnStrides& s) { return s.batch == 0; }
 
 void query_attention_cpu(const QueryAttentionParams& p);
 void query_attention_backward_cpu(const QueryAttentionBackwardParams& p);
