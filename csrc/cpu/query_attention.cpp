@@ -27,7 +27,7 @@
 namespace slime {
 namespace {
 
-constexpr int64_t kRows = 4;       // micro-kernel rows
+constexpr int64_t kRows = 2;       // rows are padded to a multiple of this
 constexpr int64_t kCols = 16;      // micro-kernel columns (two 8-float vectors)
 constexpr int64_t kKeyBlock = 64;  // keys per streamed block (multiple of kCols and kRows)
 constexpr int64_t kFwdQueryBlock = 192;  // queries per forward task, at most
@@ -89,63 +89,54 @@ void store_row(void* base, int64_t off, int64_t n, DType t, float mul, const flo
 
 // ---- the GEMM micro-kernel --------------------------------------------------------------
 
-// C[m x n] += A B with A(r, k) = a[r * a_rs + k * a_ks] (so A or A^T, row-major either way)
-// and B row-major [kdim x n]. m is a multiple of kRows, n of kCols. Every product of the
-// attention (Q K^T, P V, dO V^T, P^T dO, dS^T Q, dS K) is this one loop nest.
-void gemm_acc(float* c, int64_t ldc, int64_t m, int64_t n, int64_t kdim, const float* a,
-              int64_t a_rs, int64_t a_ks, const float* b, int64_t ldb) {
-  for (int64_t r = 0; r < m; r += kRows) {
-    const float* a0 = a + r * a_rs;
-    const float* a1 = a0 + a_rs;
-    const float* a2 = a1 + a_rs;
-    const float* a3 = a2 + a_rs;
-    for (int64_t col = 0; col < n; col += kCols) {
-      float* c0 = c + r * ldc + col;
-      float* c1 = c0 + ldc;
-      float* c2 = c1 + ldc;
-      float* c3 = c2 + ldc;
-      const float* bp = b + col;
+// C[MR x kCols] += A B for one register block: MR rows of A, kCols columns of B.
+template <int MR>
+inline void micro_kernel(float* c, int64_t ldc, int64_t kdim, const float* a, int64_t a_rs,
+                         int64_t a_ks, const float* b, int64_t ldb) {
 #ifdef SLIME_QA_AVX2
-      __m256 x00 = _mm256_loadu_ps(c0), x01 = _mm256_loadu_ps(c0 + 8);
-      __m256 x10 = _mm256_loadu_ps(c1), x11 = _mm256_loadu_ps(c1 + 8);
-      __m256 x20 = _mm256_loadu_ps(c2), x21 = _mm256_loadu_ps(c2 + 8);
-      __m256 x30 = _mm256_loadu_ps(c3), x31 = _mm256_loadu_ps(c3 + 8);
-      for (int64_t k = 0; k < kdim; ++k, bp += ldb) {
-        const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
-        const int64_t ak = k * a_ks;
-        __m256 s = _mm256_broadcast_ss(a0 + ak);
-        x00 = _mm256_fmadd_ps(s, b0, x00);
-        x01 = _mm256_fmadd_ps(s, b1, x01);
-        s = _mm256_broadcast_ss(a1 + ak);
-        x10 = _mm256_fmadd_ps(s, b0, x10);
-        x11 = _mm256_fmadd_ps(s, b1, x11);
-        s = _mm256_broadcast_ss(a2 + ak);
-        x20 = _mm256_fmadd_ps(s, b0, x20);
-        x21 = _mm256_fmadd_ps(s, b1, x21);
-        s = _mm256_broadcast_ss(a3 + ak);
-        x30 = _mm256_fmadd_ps(s, b0, x30);
-        x31 = _mm256_fmadd_ps(s, b1, x31);
-      }
-      _mm256_storeu_ps(c0, x00), _mm256_storeu_ps(c0 + 8, x01);
-      _mm256_storeu_ps(c1, x10), _mm256_storeu_ps(c1 + 8, x11);
-      _mm256_storeu_ps(c2, x20), _mm256_storeu_ps(c2 + 8, x21);
-      _mm256_storeu_ps(c3, x30), _mm256_storeu_ps(c3 + 8, x31);
-#else
-      float acc[kRows][kCols];
-      float* cr[kRows] = {c0, c1, c2, c3};
-      const float* ar[kRows] = {a0, a1, a2, a3};
-      for (int64_t i = 0; i < kRows; ++i)
-        for (int64_t j = 0; j < kCols; ++j) acc[i][j] = cr[i][j];
-      for (int64_t k = 0; k < kdim; ++k, bp += ldb)
-        for (int64_t i = 0; i < kRows; ++i) {
-          const float s = ar[i][k * a_ks];
-          for (int64_t j = 0; j < kCols; ++j) acc[i][j] += s * bp[j];
-        }
-      for (int64_t i = 0; i < kRows; ++i)
-        for (int64_t j = 0; j < kCols; ++j) cr[i][j] = acc[i][j];
-#endif
+  __m256 x[MR][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+    x[i][0] = _mm256_loadu_ps(c + i * ldc), x[i][1] = _mm256_loadu_ps(c + i * ldc + 8);
+  for (int64_t k = 0; k < kdim; ++k, b += ldb, a += a_ks) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m256 s = _mm256_broadcast_ss(a + i * a_rs);
+      x[i][0] = _mm256_fmadd_ps(s, b0, x[i][0]);
+      x[i][1] = _mm256_fmadd_ps(s, b1, x[i][1]);
     }
   }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+    _mm256_storeu_ps(c + i * ldc, x[i][0]), _mm256_storeu_ps(c + i * ldc + 8, x[i][1]);
+#else
+  float x[MR][kCols];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kCols; ++j) x[i][j] = c[i * ldc + j];
+  for (int64_t k = 0; k < kdim; ++k, b += ldb, a += a_ks)
+    for (int i = 0; i < MR; ++i) {
+      const float s = a[i * a_rs];
+      for (int j = 0; j < kCols; ++j) x[i][j] += s * b[j];
+    }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kCols; ++j) c[i * ldc + j] = x[i][j];
+#endif
+}
+
+// C[m x n] += A B with A(r, k) = a[r * a_rs + k * a_ks] (so A or A^T, row-major either way)
+// and B row-major [kdim x n]. m is a multiple of kRows, n of kCols. Every product of the
+// attention (Q K^T, P V, dO V^T, P^T dO, dS^T Q, dS K) is this one loop nest. Blocks of 6
+// rows x 16 columns keep 12 accumulators in flight, enough to hide the FMA latency.
+void gemm_acc(float* c, int64_t ldc, int64_t m, int64_t n, int64_t kdim, const float* a,
+              int64_t a_rs, int64_t a_ks, const float* b, int64_t ldb) {
+  int64_t r = 0;
+  for (; r + 6 <= m; r += 6)
+    for (int64_t col = 0; col < n; col += kCols)
+      micro_kernel<6>(c + r * ldc + col, ldc, kdim, a + r * a_rs, a_rs, a_ks, b + col, ldb);
+  for (; r + 2 <= m; r += 2)
+    for (int64_t col = 0; col < n; col += kCols)
+      micro_kernel<2>(c + r * ldc + col, ldc, kdim, a + r * a_rs, a_rs, a_ks, b + col, ldb);
 }
 
 // ---- base-2 exponentials over a row -----------------------------------------------------
