@@ -3,7 +3,7 @@
 //
 // Flash-attention on a CPU: every (batch, head, query block) task converts its queries to
 // float32 once, then streams the keys in blocks of kKeyBlock: the block is converted and
-// transposed once, S = Q K^T and O += P V run as small register-blocked GEMMs (4 rows x 16
+// transposed once, S = Q K^T and O += P V run as small register-blocked GEMMs (6 rows x 16
 // columns of AVX2 accumulators), and an online softmax in base 2 keeps only a query block x
 // key block tile of scores. The backward recomputes P from the saved log-sum-exp, one task
 // per (batch, head) that owns its dk/dv; a shared q's gradient is summed over the batch in a
@@ -217,7 +217,7 @@ int64_t offset(const AttnStrides& s, int64_t b, int64_t h, int64_t row) {
 // ---- forward -----------------------------------------------------------------------------
 
 struct FwdScratch {
-  std::vector<float> q, o, m, l, kt, v, s, add;
+  std::vector<float> q, o, m, l, kt, v, s, add, row;
 };
 
 void forward_task(const QueryAttentionParams& p, int64_t b, int64_t h, int64_t i0, int64_t nq,
@@ -226,7 +226,7 @@ void forward_task(const QueryAttentionParams& p, int64_t b, int64_t h, int64_t i
   const int64_t KB = kKeyBlock;
   w.q.resize(mq * dp), w.o.assign(mq * dp, 0.0f), w.m.assign(mq, -kInf), w.l.assign(mq, 0.0f);
   w.kt.resize(dp * KB), w.v.resize(KB * dp), w.s.resize(mq * KB), w.add.resize(KB);
-  std::vector<float> row(dp);
+  w.row.resize(dp);
   // Scores come out in base 2: the log2(e) factor rides on the query scale.
   const float qmul = p.scale * kLog2e;
   for (int64_t r = 0; r < mq; ++r) {
@@ -239,8 +239,8 @@ void forward_task(const QueryAttentionParams& p, int64_t b, int64_t h, int64_t i
     const int64_t nk = std::min(KB, p.lk - j0);
     for (int64_t j = 0; j < KB; ++j) {
       if (j < nk) {
-        load_row(p.k, offset(p.k_strides, b, h, j0 + j), d, dp, p.dtype, 1.0f, row.data());
-        for (int64_t c = 0; c < dp; ++c) w.kt[c * KB + j] = row[c];
+        load_row(p.k, offset(p.k_strides, b, h, j0 + j), d, dp, p.dtype, 1.0f, w.row.data());
+        for (int64_t c = 0; c < dp; ++c) w.kt[c * KB + j] = w.row[c];
         load_row(p.v, offset(p.v_strides, b, h, j0 + j), d, dp, p.dtype, 1.0f, &w.v[j * dp]);
       } else {
         for (int64_t c = 0; c < dp; ++c) w.kt[c * KB + j] = 0.0f;
