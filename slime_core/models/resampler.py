@@ -122,10 +122,11 @@ class Resampler(nn.Module):
         q_in = self.ln_q(self.query) + self.pos_embed                     # (Lq, D)
         q = F.linear(q_in, w[:dim], b[:dim])                              # once, not per crop
         q = q.view(lq, heads, hd).transpose(0, 1)                         # (heads, Lq, hd)
-        kvp = torch.matmul(kv, w[dim:].t())                               # (B, Lk, 2D)
+        kvp = F.linear(kv, w[dim:])                                       # (B, Lk, 2D)
         kvp.add_(self._kv_bias(grid, kvp.dtype))
-        k = kvp[..., :dim].view(batch, lk, heads, hd).transpose(1, 2)     # (B, heads, Lk, hd)
-        v = kvp[..., dim:].view(batch, lk, heads, hd).transpose(1, 2)     # views, no copy
+        # (B, heads, Lk, hd) views, no copy; split (not two slices) so that backward joins
+        # the two gradients with one cat instead of zero-filling and adding two full copies.
+        k, v = (t.view(batch, lk, heads, hd).transpose(1, 2) for t in kvp.split(dim, dim=-1))
         out = query_attention(q, k, v, key_padding_mask=key_padding_mask)  # (B, heads, Lq, hd)
         out = self.attn.out_proj(out.transpose(1, 2).reshape(batch, lq, dim))
         out = self.proj(self.ln_post(out))
