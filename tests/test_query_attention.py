@@ -120,8 +120,8 @@ def test_gradcheck(shared):
     # The kernels compute in float32 (there is no float64 kernel), so this is gradcheck in
     # float32 with a finite-difference step and tolerances that float32 supports; the
     # float64 comparison above is the tight check.
-    q, k, v, mask = make(3, 2, 5, 9, 8, shared=shared, masked=True)
-    mask[2, 4:] = False
+    q, k, v, mask = make(3, 2, 4, 6, 4, shared=shared, masked=True)
+    mask[2, 3:] = False
     inputs = [t.clone().requires_grad_() for t in (q, k, v)]
 
     def f(a, b, c):
@@ -186,6 +186,14 @@ def test_empty_batch_and_no_keys(shared):
     assert torch.all(out == 0) and torch.all(lse == float("-inf"))
     out.sum().backward()
     assert torch.all(q.grad == 0)
+
+
+def test_nan_input_propagates():
+    q, k, v, _ = make(3, 2, 7, 100, 16)
+    k[1, 0, 70, 3] = float("nan")
+    out = query_attention(q, k, v)
+    assert torch.isnan(out[1, 0]).all()
+    assert not torch.isnan(out[0]).any() and not torch.isnan(out[1, 1]).any()
 
 
 def test_mask_conventions_agree():

@@ -144,9 +144,10 @@ void gemm_acc(float* c, int64_t ldc, int64_t m, int64_t n, int64_t kdim, const f
 #ifdef SLIME_QA_AVX2
 // 2^x for x <= 127: x = n + f with f in [-1/2, 1/2], 2^f by a degree-6 fit (relative error
 // 1e-7, below float32's own rounding of the softmax). Inputs below -127, -inf included,
-// give exactly 0, which is what masked keys need.
+// give exactly 0, which is what masked keys need; NaN stays NaN (max_ps returns its second
+// operand when either is NaN), so a NaN input is never silently dropped.
 inline __m256 exp2_avx2(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-127.0f));
+  x = _mm256_max_ps(_mm256_set1_ps(-127.0f), x);
   const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(x, n);
   __m256 p = _mm256_set1_ps(0.00015469732170458883f);
