@@ -31,6 +31,7 @@ constexpr int64_t kRows = 2;       // rows are padded to a multiple of this
 constexpr int64_t kCols = 16;      // micro-kernel columns (two 8-float vectors)
 constexpr int64_t kKeyBlock = 64;  // keys per streamed block (multiple of kCols and kRows)
 constexpr int64_t kFwdQueryBlock = 192;  // queries per forward task, at most
+constexpr int64_t kGroupRows = 6;        // forward rows per scores-softmax-PV step
 constexpr int64_t kBwdQueryBlock = 64;   // queries per backward step
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
@@ -226,7 +227,7 @@ void forward_task(const QueryAttentionParams& p, int64_t b, int64_t h, int64_t i
   const int64_t d = p.d, dp = round_up(d, kCols), mq = round_up(nq, kRows);
   const int64_t KB = kKeyBlock;
   w.q.resize(mq * dp), w.o.assign(mq * dp, 0.0f), w.m.assign(mq, -kInf), w.l.assign(mq, 0.0f);
-  w.kt.resize(dp * KB), w.v.resize(KB * dp), w.s.resize(mq * KB), w.add.resize(KB);
+  w.kt.resize(dp * KB), w.v.resize(KB * dp), w.s.resize(kGroupRows * KB), w.add.resize(KB);
   w.row.resize(dp);
   // Scores come out in base 2: the log2(e) factor rides on the query scale.
   const float qmul = p.scale * kLog2e;
@@ -250,22 +251,30 @@ void forward_task(const QueryAttentionParams& p, int64_t b, int64_t h, int64_t i
     }
     const float* add = key_block_mask(p.key_mask, b, p.lk, j0, nk, w.add.data()) ? w.add.data()
                                                                                   : nullptr;
-    std::fill(w.s.begin(), w.s.end(), 0.0f);
-    gemm_acc(w.s.data(), KB, mq, KB, dp, w.q.data(), dp, 1, w.kt.data(), KB);
-    for (int64_t r = 0; r < mq; ++r) {
-      float* sr = &w.s[r * KB];
-      const float m_new = std::max(w.m[r], row_max(sr, KB, add));
-      if (m_new == -kInf) {  // every key so far masked: nothing to add yet
-        std::fill(sr, sr + KB, 0.0f);
-        continue;
+    // One group of kGroupRows query rows at a time: scores, softmax and P V while the group's
+    // scores and output rows are still in L1.
+    for (int64_t r0 = 0; r0 < mq; r0 += kGroupRows) {
+      const int64_t rows = std::min(kGroupRows, mq - r0);
+      float* s = w.s.data();
+      std::fill(s, s + rows * KB, 0.0f);
+      gemm_acc(s, KB, rows, KB, dp, &w.q[r0 * dp], dp, 1, w.kt.data(), KB);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* sr = s + r * KB;
+        float* orow = &w.o[(r0 + r) * dp];
+        const float m_old = w.m[r0 + r];
+        const float m_new = std::max(m_old, row_max(sr, KB, add));
+        if (m_new == -kInf) {  // every key so far masked: nothing to add yet
+          std::fill(sr, sr + KB, 0.0f);
+          continue;
+        }
+        const float alpha = std::exp2(m_old - m_new);
+        w.l[r0 + r] = w.l[r0 + r] * alpha + exp2_row(sr, KB, 1.0f, add, m_new);
+        w.m[r0 + r] = m_new;
+        if (alpha != 1.0f)
+          for (int64_t c = 0; c < dp; ++c) orow[c] *= alpha;
       }
-      const float alpha = std::exp2(w.m[r] - m_new);
-      w.l[r] = w.l[r] * alpha + exp2_row(sr, KB, 1.0f, add, m_new);
-      w.m[r] = m_new;
-      if (alpha != 1.0f)
-        for (int64_t c = 0; c < dp; ++c) w.o[r * dp + c] *= alpha;
+      gemm_acc(&w.o[r0 * dp], dp, rows, dp, KB, s, KB, 1, w.v.data(), dp);
     }
-    gemm_acc(w.o.data(), dp, mq, dp, KB, w.s.data(), KB, 1, w.v.data(), dp);
   }
   for (int64_t r = 0; r < nq; ++r) {
     const int64_t orow = ((b * p.heads + h) * p.lq + i0 + r);
