@@ -47,6 +47,16 @@ __device__ __forceinline__ int tile_rows(int64_t total, int64_t start, int tile)
   return static_cast<int>(total - start < tile ? total - start : tile);
 }
 
+// The (batch, head, tile) of this block in a 1-D grid numbered with the tile fastest. Grid y
+// and z stop at 65535, which the batch alone may pass; x takes 2^31 - 1 blocks.
+struct BlockIndex {
+  int64_t b, h, tile;
+};
+__device__ __forceinline__ BlockIndex block_index(int64_t heads, int64_t rows, int tile) {
+  const int64_t tiles = (rows + tile - 1) / tile, blk = blockIdx.x, bh = blk / tiles;
+  return {bh / heads, bh % heads, blk % tiles};
+}
+
 __host__ __device__ constexpr size_t align128(size_t x) { return (x + 127) / 128 * 128; }
 
 // Shared-memory layout of the forward block. Row strides are padded: +8 16-bit elements keep
@@ -102,7 +112,8 @@ __global__ void __launch_bounds__(kThreads)
   float* os = reinterpret_cast<float*>(smem + L::o_off);
   float* alpha_s = reinterpret_cast<float*>(smem + L::a_off);
 
-  const int64_t b = blockIdx.z, h = blockIdx.y, i0 = int64_t(blockIdx.x) * kFwdRows;
+  const BlockIndex bi = block_index(p.heads, p.lq, kFwdRows);
+  const int64_t b = bi.b, h = bi.h, i0 = bi.tile * kFwdRows;
   const int d = static_cast<int>(p.d);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int nq = tile_rows(p.lq, i0, kFwdRows);
@@ -326,7 +337,8 @@ __global__ void __launch_bounds__(kThreads)
     query_attention_bwd_dkdv_kernel(const QueryAttentionBackwardParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const BwdShared s = bwd_shared<DP>(reinterpret_cast<float*>(smem));
-  const int64_t b = blockIdx.z, h = blockIdx.y, j0 = int64_t(blockIdx.x) * kBwdTile;
+  const BlockIndex bi = block_index(p.heads, p.lk, kBwdTile);
+  const int64_t b = bi.b, h = bi.h, j0 = bi.tile * kBwdTile;
   // Thread t owns key j = t / 4 and the columns part, part + 4, ... of dk and dv.
   constexpr int kParts = kThreads / kBwdTile;
   const int j = threadIdx.x / kParts, part = threadIdx.x % kParts;
@@ -369,7 +381,8 @@ __global__ void __launch_bounds__(kThreads)
     query_attention_bwd_dq_kernel(const QueryAttentionBackwardParams p) {
   extern __shared__ __align__(128) unsigned char smem[];
   const BwdShared s = bwd_shared<DP>(reinterpret_cast<float*>(smem));
-  const int64_t b = blockIdx.z, h = blockIdx.y, i0 = int64_t(blockIdx.x) * kBwdTile;
+  const BlockIndex bi = block_index(p.heads, p.lq, kBwdTile);
+  const int64_t b = bi.b, h = bi.h, i0 = bi.tile * kBwdTile;
   constexpr int kParts = kThreads / kBwdTile;
   const int i = threadIdx.x / kParts, part = threadIdx.x % kParts;
   float dq[DP / kParts];
@@ -429,6 +442,14 @@ LaunchStatus set_smem(Kernel kernel, size_t bytes) {
   return cudaGetErrorString(err);
 }
 
+// The 1-D grid of block_index: batch * heads * ceil(rows / tile) blocks, at most 2^31 - 1.
+LaunchStatus flat_grid(int64_t batch, int64_t heads, int64_t rows, int tile, dim3* grid) {
+  const int64_t blocks = batch * heads * ceil_div(rows, tile);
+  if (blocks > 0x7fffffff) return "slime::query_attention: too many blocks for one launch";
+  *grid = dim3(static_cast<unsigned>(blocks));
+  return nullptr;
+}
+
 }  // namespace
 }  // namespace cuda
 
@@ -442,8 +463,8 @@ LaunchStatus query_attention_cuda(const QueryAttentionParams& p, cudaStream_t st
       const size_t bytes = FwdLayout<scalar_t, DP>::bytes;
       auto kernel = query_attention_fwd_kernel<scalar_t, DP>;
       if (LaunchStatus e = set_smem(kernel, bytes)) return e;
-      const dim3 grid(static_cast<unsigned>(ceil_div(p.lq, kFwdRows)),
-                      static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+      dim3 grid;
+      if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lq, kFwdRows, &grid)) return e;
       kernel<<<grid, kThreads, bytes, stream>>>(p);
       return launch_status();
     });
@@ -462,16 +483,16 @@ LaunchStatus query_attention_backward_cuda(const QueryAttentionBackwardParams& p
       if (p.batch > 0 && p.heads > 0 && p.lk > 0) {
         auto kernel = query_attention_bwd_dkdv_kernel<scalar_t, DP>;
         if (LaunchStatus e = set_smem(kernel, bytes)) return e;
-        const dim3 grid(static_cast<unsigned>(ceil_div(p.lk, kBwdTile)),
-                        static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+        dim3 grid;
+        if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lk, kBwdTile, &grid)) return e;
         kernel<<<grid, kThreads, bytes, stream>>>(p);
         if (LaunchStatus e = launch_status()) return e;
       }
       if (p.batch > 0 && p.heads > 0 && p.lq > 0) {
         auto kernel = query_attention_bwd_dq_kernel<scalar_t, DP>;
         if (LaunchStatus e = set_smem(kernel, bytes)) return e;
-        const dim3 grid(static_cast<unsigned>(ceil_div(p.lq, kBwdTile)),
-                        static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+        dim3 grid;
+        if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lq, kBwdTile, &grid)) return e;
         kernel<<<grid, kThreads, bytes, stream>>>(p);
         if (LaunchStatus e = launch_status()) return e;
       }
