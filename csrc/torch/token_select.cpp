@@ -158,6 +158,86 @@ void check_pack_values_cpu(const at::Tensor& indices, const at::Tensor& counts,
   }
 }
 
+SelectCall prepare_select(const at::Tensor& tokens, const at::Tensor& token_counts,
+                          const at::Tensor& text, const at::Tensor& text_mask,
+                          const std::optional<at::Tensor>& noise, std::optional<double> top_p,
+                          std::optional<int64_t> top_k, double temperature,
+                          std::optional<double> prenorm_temperature) {
+  SelectCall c;
+  c.p = token_select_params(tokens, token_counts, text, text_mask, noise, top_p, top_k,
+                            temperature, prenorm_temperature);
+  c.tokens = tokens.contiguous();
+  c.token_counts = token_counts.contiguous();
+  c.text = text.contiguous();
+  c.text_mask = text_mask.contiguous();
+  if (noise) c.noise = noise->contiguous();
+  c.indices = at::empty({c.p.B, c.p.M_max}, tokens.options().dtype(at::kLong));
+  c.counts = at::empty({c.p.B}, tokens.options().dtype(at::kLong));
+  c.probs = at::empty({c.p.B, c.p.M_max}, tokens.options().dtype(at::kFloat));
+  c.p.tokens = c.tokens.data_ptr();
+  c.p.token_counts = c.token_counts.data_ptr<int64_t>();
+  c.p.text = c.text.data_ptr();
+  c.p.text_mask = c.text_mask.data_ptr<bool>();
+  c.p.noise = noise ? c.noise.data_ptr<float>() : nullptr;
+  c.p.out_indices = c.indices.data_ptr<int64_t>();
+  c.p.out_counts = c.counts.data_ptr<int64_t>();
+  c.p.out_probs = c.probs.data_ptr<float>();
+  return c;
+}
+
+PackCall prepare_pack(const at::Tensor& tokens, const at::Tensor& indices,
+                      const at::Tensor& counts, const at::Tensor& row_offsets,
+                      const at::Tensor& base) {
+  check_pack_inputs(tokens, indices, counts, row_offsets, base);
+  PackCall c;
+  c.tokens = tokens.contiguous();
+  c.indices = indices.contiguous();
+  c.counts = counts.contiguous();
+  c.row_offsets = row_offsets.contiguous();
+  c.base = base.contiguous();
+  c.out = at::empty_like(c.base);
+  c.p.tokens = c.tokens.data_ptr();
+  c.p.indices = c.indices.data_ptr<int64_t>();
+  c.p.counts = c.counts.data_ptr<int64_t>();
+  c.p.row_offsets = c.row_offsets.data_ptr<int64_t>();
+  c.p.base = c.base.data_ptr();
+  c.p.out = c.out.data_ptr();
+  c.p.B = c.tokens.size(0);
+  c.p.M_max = c.tokens.size(1);
+  c.p.K = c.indices.size(1);
+  c.p.H = c.tokens.size(2);
+  c.p.N = c.base.size(0);
+  c.p.dtype = to_dtype(c.tokens.scalar_type());
+  return c;
+}
+
+PackBackwardCall prepare_pack_backward(const at::Tensor& grad_out, const at::Tensor& indices,
+                                       const at::Tensor& counts, const at::Tensor& row_offsets,
+                                       int64_t num_tokens) {
+  check_pack_backward_inputs(grad_out, indices, counts, row_offsets, num_tokens);
+  PackBackwardCall c;
+  c.grad_out = grad_out.contiguous();
+  c.indices = indices.contiguous();
+  c.counts = counts.contiguous();
+  c.row_offsets = row_offsets.contiguous();
+  const int64_t B = c.indices.size(0), H = c.grad_out.size(1);
+  c.grad_tokens = at::empty({B, num_tokens, H}, c.grad_out.options());
+  c.grad_base = at::empty_like(c.grad_out);
+  c.p.grad_out = c.grad_out.data_ptr();
+  c.p.indices = c.indices.data_ptr<int64_t>();
+  c.p.counts = c.counts.data_ptr<int64_t>();
+  c.p.row_offsets = c.row_offsets.data_ptr<int64_t>();
+  c.p.grad_tokens = c.grad_tokens.data_ptr();
+  c.p.grad_base = c.grad_base.data_ptr();
+  c.p.B = B;
+  c.p.M_max = num_tokens;
+  c.p.K = c.indices.size(1);
+  c.p.H = H;
+  c.p.N = c.grad_out.size(0);
+  c.p.dtype = to_dtype(c.grad_out.scalar_type());
+  return c;
+}
+
 }  // namespace glue
 
 namespace {
@@ -167,63 +247,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> token_select_cpu_impl(
     const at::Tensor& text_mask, const std::optional<at::Tensor>& noise,
     std::optional<double> top_p, std::optional<int64_t> top_k, double temperature,
     std::optional<double> prenorm_temperature) {
-  TokenSelectParams p = glue::token_select_params(tokens, token_counts, text, text_mask, noise,
-                                                  top_p, top_k, temperature, prenorm_temperature);
   TORCH_CHECK_VALUE(tokens.device().is_cpu(), "slime::token_select: CPU kernel got ",
                     tokens.device());
-  auto x = tokens.contiguous();
-  auto e = text.contiguous();
-  auto mask = text_mask.contiguous();
-  auto counts_in = token_counts.contiguous();
-  const int64_t* cp = counts_in.data_ptr<int64_t>();
-  for (int64_t b = 0; b < p.B; ++b) {
-    TORCH_CHECK_VALUE(cp[b] >= 0 && cp[b] <= p.M_max, "slime::token_select: token_counts[", b,
-                      "] = ", cp[b], " is outside [0, ", p.M_max, "]");
+  glue::SelectCall c = glue::prepare_select(tokens, token_counts, text, text_mask, noise, top_p,
+                                            top_k, temperature, prenorm_temperature);
+  for (int64_t b = 0; b < c.p.B; ++b) {
+    const int64_t n = c.p.token_counts[b];
+    TORCH_CHECK_VALUE(n >= 0 && n <= c.p.M_max, "slime::token_select: token_counts[", b,
+                      "] = ", n, " is outside [0, ", c.p.M_max, "]");
   }
-  at::Tensor nz;
-  if (noise) nz = noise->contiguous();
-  auto indices = at::empty({p.B, p.M_max}, tokens.options().dtype(at::kLong));
-  auto counts = at::empty({p.B}, tokens.options().dtype(at::kLong));
-  auto probs = at::empty({p.B, p.M_max}, tokens.options().dtype(at::kFloat));
-  p.tokens = x.data_ptr();
-  p.token_counts = cp;
-  p.text = e.data_ptr();
-  p.text_mask = mask.data_ptr<bool>();
-  p.noise = noise ? nz.data_ptr<float>() : nullptr;
-  p.out_indices = indices.data_ptr<int64_t>();
-  p.out_counts = counts.data_ptr<int64_t>();
-  p.out_probs = probs.data_ptr<float>();
-  token_select_cpu(p);
-  return {indices, counts, probs};
+  token_select_cpu(c.p);
+  return {c.indices, c.counts, c.probs};
 }
 
 at::Tensor token_pack_cpu_impl(const at::Tensor& tokens, const at::Tensor& indices,
                                const at::Tensor& counts, const at::Tensor& row_offsets,
                                const at::Tensor& base) {
-  glue::check_pack_inputs(tokens, indices, counts, row_offsets, base);
-  glue::check_pack_values_cpu(indices, counts, row_offsets, tokens.size(1), base.size(0),
+  glue::PackCall c = glue::prepare_pack(tokens, indices, counts, row_offsets, base);
+  glue::check_pack_values_cpu(c.indices, c.counts, c.row_offsets, c.p.M_max, c.p.N,
                               "token_pack");
-  auto x = tokens.contiguous();
-  auto idx = indices.contiguous();
-  auto cnt = counts.contiguous();
-  auto off = row_offsets.contiguous();
-  auto bs = base.contiguous();
-  auto out = at::empty_like(bs);
-  TokenPackParams p;
-  p.tokens = x.data_ptr();
-  p.indices = idx.data_ptr<int64_t>();
-  p.counts = cnt.data_ptr<int64_t>();
-  p.row_offsets = off.data_ptr<int64_t>();
-  p.base = bs.data_ptr();
-  p.out = out.data_ptr();
-  p.B = x.size(0);
-  p.M_max = x.size(1);
-  p.K = idx.size(1);
-  p.H = x.size(2);
-  p.N = bs.size(0);
-  p.dtype = glue::to_dtype(x.scalar_type());
-  token_pack_cpu(p);
-  return out;
+  token_pack_cpu(c.p);
+  return c.out;
 }
 
 std::tuple<at::Tensor, at::Tensor> token_pack_backward_cpu_impl(const at::Tensor& grad_out,
@@ -231,31 +275,12 @@ std::tuple<at::Tensor, at::Tensor> token_pack_backward_cpu_impl(const at::Tensor
                                                                 const at::Tensor& counts,
                                                                 const at::Tensor& row_offsets,
                                                                 int64_t num_tokens) {
-  glue::check_pack_backward_inputs(grad_out, indices, counts, row_offsets, num_tokens);
-  const int64_t B = indices.size(0), H = grad_out.size(1);
-  glue::check_pack_values_cpu(indices, counts, row_offsets, num_tokens, grad_out.size(0),
+  glue::PackBackwardCall c =
+      glue::prepare_pack_backward(grad_out, indices, counts, row_offsets, num_tokens);
+  glue::check_pack_values_cpu(c.indices, c.counts, c.row_offsets, num_tokens, c.p.N,
                               "token_pack_backward");
-  auto g = grad_out.contiguous();
-  auto idx = indices.contiguous();
-  auto cnt = counts.contiguous();
-  auto off = row_offsets.contiguous();
-  auto grad_tokens = at::empty({B, num_tokens, H}, g.options());
-  auto grad_base = at::empty_like(g);
-  TokenPackBackwardParams p;
-  p.grad_out = g.data_ptr();
-  p.indices = idx.data_ptr<int64_t>();
-  p.counts = cnt.data_ptr<int64_t>();
-  p.row_offsets = off.data_ptr<int64_t>();
-  p.grad_tokens = grad_tokens.data_ptr();
-  p.grad_base = grad_base.data_ptr();
-  p.B = B;
-  p.M_max = num_tokens;
-  p.K = idx.size(1);
-  p.H = H;
-  p.N = g.size(0);
-  p.dtype = glue::to_dtype(g.scalar_type());
-  token_pack_backward_cpu(p);
-  return {grad_tokens, grad_base};
+  token_pack_backward_cpu(c.p);
+  return {c.grad_tokens, c.grad_base};
 }
 
 }  // namespace

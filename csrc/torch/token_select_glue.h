@@ -29,5 +29,37 @@ void check_pack_backward_inputs(const at::Tensor& grad_out, const at::Tensor& in
                                 const at::Tensor& counts, const at::Tensor& row_offsets,
                                 int64_t num_tokens);
 
+// One call, ready for either backend: the checked, contiguous inputs, the freshly allocated
+// outputs (on the inputs' device: a CUDA caller sets its device guard first) and the params
+// pointing at them. The struct owns the tensors, so the pointers stay valid while it lives.
+struct SelectCall {
+  at::Tensor tokens, token_counts, text, text_mask, noise;  // inputs, contiguous
+  at::Tensor indices, counts, probs;                        // outputs
+  TokenSelectParams p;
+};
+SelectCall prepare_select(const at::Tensor& tokens, const at::Tensor& token_counts,
+                          const at::Tensor& text, const at::Tensor& text_mask,
+                          const std::optional<at::Tensor>& noise, std::optional<double> top_p,
+                          std::optional<int64_t> top_k, double temperature,
+                          std::optional<double> prenorm_temperature);
+
+struct PackCall {
+  at::Tensor tokens, indices, counts, row_offsets, base;  // inputs, contiguous
+  at::Tensor out;
+  TokenPackParams p;
+};
+PackCall prepare_pack(const at::Tensor& tokens, const at::Tensor& indices,
+                      const at::Tensor& counts, const at::Tensor& row_offsets,
+                      const at::Tensor& base);
+
+struct PackBackwardCall {
+  at::Tensor grad_out, indices, counts, row_offsets;  // inputs, contiguous
+  at::Tensor grad_tokens, grad_base;
+  TokenPackBackwardParams p;
+};
+PackBackwardCall prepare_pack_backward(const at::Tensor& grad_out, const at::Tensor& indices,
+                                       const at::Tensor& counts, const at::Tensor& row_offsets,
+                                       int64_t num_tokens);
+
 }  // namespace glue
 }  // namespace slime
