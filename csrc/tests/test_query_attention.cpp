@@ -1,8 +1,9 @@
 // test_query_attention.cpp: the CPU query_attention kernels (forward and backward) against a
 // plain double-precision C++ reference, for shared and per-item queries, with and without a
 // key mask (including a crop with no key), strided k/v, odd sizes, size 1 and empty, in
-// float32, bfloat16 and float16. Outputs are poisoned with NaN first so an element the
-// kernel does not write fails.
+// float32, bfloat16, float16 and float64 (whose inputs carry all 53 bits, so a kernel that
+// rounded them through float would fail its 1e-12 tolerance). Outputs are poisoned with NaN
+// first so an element the kernel does not write fails.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -23,36 +24,63 @@ struct Case {
   DType dtype;
 };
 
-// Values rounded to the element type, kept both as raw storage and as doubles.
+// Values rounded to the element type, kept both as raw storage and as doubles (which are
+// the storage for F64).
 struct Buf {
   std::vector<uint16_t> h;
   std::vector<float> f;
   std::vector<double> x;
-  const void* ptr(DType t) const { return t == DType::F32 ? static_cast<const void*>(f.data()) : h.data(); }
+  const void* ptr(DType t) const {
+    if (t == DType::F64) return x.data();
+    return t == DType::F32 ? static_cast<const void*>(f.data()) : h.data();
+  }
 };
 
 Buf random_buf(size_t n, DType t, std::mt19937& rng) {
-  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::normal_distribution<double> nd(0.0, 1.0);
   Buf b;
   b.h.resize(n), b.f.resize(n), b.x.resize(n);
   for (size_t i = 0; i < n; ++i) {
-    float v = nd(rng);
+    const double x = nd(rng);
+    float v = static_cast<float>(x);
     if (t == DType::BF16) b.h[i] = float_to_bf16_bits(v), v = bf16_bits_to_float(b.h[i]);
     if (t == DType::F16) b.h[i] = float_to_f16_bits(v), v = f16_bits_to_float(b.h[i]);
-    b.f[i] = v, b.x[i] = v;
+    b.f[i] = v, b.x[i] = t == DType::F64 ? x : v;
   }
   return b;
 }
 
+// An output of n elements, or the compute-type lse/scratch buffers (F64 or F32), poisoned
+// with NaN in every type.
 struct Out {
   std::vector<float> f;
   std::vector<uint16_t> h;
-  explicit Out(size_t n) : f(n, std::nanf("")), h(n, 0x7fc1u) {}  // poison: NaN in every type
-  void* ptr(DType t) { return t == DType::F32 ? static_cast<void*>(f.data()) : h.data(); }
-  double at(size_t i, DType t) const { return load_as_float(t == DType::F32 ? static_cast<const void*>(f.data()) : h.data(), static_cast<int64_t>(i), t); }
+  std::vector<double> x;
+  explicit Out(size_t n) : f(n, std::nanf("")), h(n, 0x7fc1u), x(n, std::nan("")) {}
+  void* ptr(DType t) {
+    if (t == DType::F64) return x.data();
+    return t == DType::F32 ? static_cast<void*>(f.data()) : h.data();
+  }
+  double at(size_t i, DType t) const {
+    if (t == DType::F64) return x[i];
+    return load_as_float(t == DType::F32 ? static_cast<const void*>(f.data()) : h.data(),
+                         static_cast<int64_t>(i), t);
+  }
 };
 
-double tol(DType t) { return t == DType::F32 ? 2e-5 : t == DType::BF16 ? 3e-2 : 4e-3; }
+double tol(DType t) {
+  switch (t) {
+    case DType::F64: return 1e-12;
+    case DType::F32: return 2e-5;
+    case DType::BF16: return 3e-2;
+    default: return 4e-3;
+  }
+}
+
+size_t elem_bytes(DType t) { return t == DType::F64 ? 8 : t == DType::F32 ? 4 : 2; }
+
+// lse, dlse and the dq scratch are double for F64 and float otherwise.
+DType compute_dtype(DType t) { return t == DType::F64 ? DType::F64 : DType::F32; }
 
 bool run_case(const Case& c, std::mt19937& rng) {
   const int64_t B = c.batch, H = c.heads, Lq = c.lq, Lk = c.lk, d = c.d;
@@ -75,31 +103,44 @@ bool run_case(const Case& c, std::mt19937& rng) {
   auto kx = [&](int64_t b, int64_t h, int64_t j, int64_t e, int which) {
     return kv.x[static_cast<size_t>(b * ks.batch + h * ks.head + j * ks.row + which * H * d + e)];
   };
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  // The float kernels get the scale rounded to float, F64 the exact one; the reference uses
+  // what the kernel gets.
+  const float scale32 = 1.0f / std::sqrt(static_cast<float>(d));
+  const double scale64 = 1.0 / std::sqrt(static_cast<double>(d));
+  const double scale = c.dtype == DType::F64 ? scale64 : scale32;
+  const DType acc_t = compute_dtype(c.dtype);
   const size_t on = static_cast<size_t>(B * H * Lq * d);
-  Out out(on);
-  std::vector<float> lse(static_cast<size_t>(B * H * Lq), std::nanf(""));
+  Out out(on), lse(static_cast<size_t>(B * H * Lq));
   QueryAttentionParams p;
   p.q = q.ptr(c.dtype), p.k = kv.ptr(c.dtype);
-  p.v = static_cast<const char*>(p.k) + (c.dtype == DType::F32 ? 4 : 2) * H * d;
+  p.v = static_cast<const char*>(p.k) + elem_bytes(c.dtype) * static_cast<size_t>(H * d);
   p.key_mask = c.masked ? mask.data() : nullptr;
-  p.out = out.ptr(c.dtype), p.lse = lse.data();
+  p.out = out.ptr(c.dtype);
+  if (c.dtype == DType::F64)
+    p.lse64 = lse.x.data();
+  else
+    p.lse = lse.f.data();
   p.q_strides = qs, p.k_strides = ks, p.v_strides = ks;
-  p.batch = B, p.heads = H, p.lq = Lq, p.lk = Lk, p.d = d, p.scale = scale, p.dtype = c.dtype;
+  p.batch = B, p.heads = H, p.lq = Lq, p.lk = Lk, p.d = d, p.scale = scale32, p.scale64 = scale64;
+  p.dtype = c.dtype;
   query_attention_cpu(p);
 
   // Backward inputs: dout random, out/lse from the forward.
   Buf dout = random_buf(on, c.dtype, rng);
   Out dq(static_cast<size_t>(qn)), dk(static_cast<size_t>(B * H * Lk * d)),
       dv(static_cast<size_t>(B * H * Lk * d));
-  std::vector<float> partial(on, std::nanf(""));
+  Out partial(on);
   QueryAttentionBackwardParams g;
   g.q = p.q, g.k = p.k, g.v = p.v, g.key_mask = p.key_mask, g.out = out.ptr(c.dtype);
-  g.dout = dout.ptr(c.dtype), g.lse = lse.data(), g.dlse = nullptr;
+  g.dout = dout.ptr(c.dtype);
+  if (c.dtype == DType::F64)
+    g.lse64 = lse.x.data(), g.dlse64 = nullptr, g.dq_partial64 = partial.x.data();
+  else
+    g.lse = lse.f.data(), g.dlse = nullptr, g.dq_partial = partial.f.data();
   g.dq = dq.ptr(c.dtype), g.dk = dk.ptr(c.dtype), g.dv = dv.ptr(c.dtype);
-  g.dq_partial = partial.data();
   g.q_strides = qs, g.k_strides = ks, g.v_strides = ks;
-  g.batch = B, g.heads = H, g.lq = Lq, g.lk = Lk, g.d = d, g.scale = scale, g.dtype = c.dtype;
+  g.batch = B, g.heads = H, g.lq = Lq, g.lk = Lk, g.d = d, g.scale = scale32, g.scale64 = scale64;
+  g.dtype = c.dtype;
   query_attention_backward_cpu(g);
 
   // Double-precision reference.
@@ -121,10 +162,11 @@ bool run_case(const Case& c, std::mt19937& rng) {
         double l = 0;
         for (int64_t j = 0; j < Lk; ++j) pr[j] = std::isinf(m) ? 0.0 : std::exp(s[j] - m), l += pr[j];
         const size_t row = static_cast<size_t>((b * H + h) * Lq + i);
+        const double lse_row = lse.at(row, acc_t);
         if (l == 0) {
-          lse_ok = lse_ok && std::isinf(lse[row]) && lse[row] < 0;
+          lse_ok = lse_ok && std::isinf(lse_row) && lse_row < 0;
         } else {
-          err_lse = std::max(err_lse, std::fabs(lse[row] - (m + std::log(l))));
+          err_lse = std::max(err_lse, std::fabs(lse_row - (m + std::log(l))));
           for (int64_t j = 0; j < Lk; ++j) pr[j] /= l;
         }
         std::vector<double> o(static_cast<size_t>(d), 0.0), go(static_cast<size_t>(d));
@@ -171,7 +213,7 @@ bool run_case(const Case& c, std::mt19937& rng) {
 
 int main() {
   std::mt19937 rng(std::random_device{}());
-  const DType dtypes[] = {DType::F32, DType::BF16, DType::F16};
+  const DType dtypes[] = {DType::F32, DType::BF16, DType::F16, DType::F64};
   const int64_t shapes[][5] = {{1, 1, 1, 1, 64}, {3, 2, 7, 70, 16}, {2, 1, 145, 65, 24},
                                {1, 2, 5, 129, 128}, {2, 2, 0, 9, 8},  {0, 2, 4, 9, 8},
                                {2, 1, 4, 0, 8},     {3, 1, 9, 3, 5}};

@@ -20,6 +20,7 @@ inline DType to_dtype(c10::ScalarType t) {
     case c10::ScalarType::Byte: return DType::U8;
     case c10::ScalarType::Long: return DType::I64;
     case c10::ScalarType::Int: return DType::I32;
+    case c10::ScalarType::Double: return DType::F64;
     default: TORCH_CHECK(false, "slime: unsupported dtype ", t);
   }
   return DType::F32;

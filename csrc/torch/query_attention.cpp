@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor> query_attention_cpu_impl(const at::Tensor& q,
                                                             double scale) {
   QueryAttentionInputs in = prepare_query_attention(q, k, v, mask, scale);
   at::Tensor out = at::empty({in.batch, in.heads, in.lq, in.d}, in.q.options());
-  at::Tensor lse = at::empty({in.batch, in.heads, in.lq}, in.q.options().dtype(at::kFloat));
+  at::Tensor lse = at::empty({in.batch, in.heads, in.lq}, in.q.options().dtype(lse_dtype(in.q)));
   query_attention_cpu(forward_params(in, out, lse));
   return {out, lse};
 }
@@ -39,7 +39,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> query_attention_backward_cpu_impl
 TORCH_LIBRARY_FRAGMENT(slime, m) {
   // q: [heads, Lq, d] (shared by the batch) or [B, heads, Lq, d]; k, v: [B, heads, Lk, d];
   // key_mask: [B, Lk] bool, True = the key takes part. Returns out [B, heads, Lq, d] (q's
-  // dtype) and lse [B, heads, Lq] (float32, -inf for a row with no key).
+  // dtype) and lse [B, heads, Lq] (float32, or float64 for float64 inputs, which only the CPU
+  // takes; -inf for a row with no key).
   m.def("query_attention(Tensor q, Tensor k, Tensor v, Tensor? key_mask, float scale) -> "
         "(Tensor, Tensor)");
   // Gradients of query_attention: dq like q (summed over the batch when q is shared), dk and

@@ -18,8 +18,14 @@ struct QueryAttentionInputs {
   at::Tensor q, k, v, mask;  // d-contiguous views; mask contiguous uint8-compatible bool or undefined
   int64_t batch, heads, lq, lk, d;
   bool shared;
-  float scale;
+  double scale;
 };
+
+// The dtype of lse, dlse and the dq scratch: the kernels' compute type, double for float64
+// inputs and float32 otherwise.
+inline at::ScalarType lse_dtype(const at::Tensor& q) {
+  return q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 // The kernels read any strides except along d, which must be 1.
 inline at::Tensor d_contiguous(const at::Tensor& t) {
@@ -45,7 +51,10 @@ inline QueryAttentionInputs prepare_query_attention(const at::Tensor& q, const a
                     q.sizes());
   check_dim(k, "query_attention: k", 4);
   check_dim(v, "query_attention: v", 4);
-  check_dtype(q, "query_attention: q", {at::kFloat, at::kHalf, at::kBFloat16});
+  check_dtype(q, "query_attention: q", {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble});
+  TORCH_CHECK_TYPE(q.scalar_type() != at::kDouble || q.device().is_cpu(),
+                   "slime::query_attention: float64 is supported on CPU only, got q on ",
+                   q.device());
   TORCH_CHECK_TYPE(k.scalar_type() == q.scalar_type() && v.scalar_type() == q.scalar_type(),
                    "slime::query_attention: q, k, v must share one dtype, got ",
                    q.scalar_type(), ", ", k.scalar_type(), ", ", v.scalar_type());
@@ -74,7 +83,7 @@ inline QueryAttentionInputs prepare_query_attention(const at::Tensor& q, const a
     check_same_device(q, "q", *mask, "key_mask");
     in.mask = mask->contiguous();
   }
-  in.scale = static_cast<float>(scale);
+  in.scale = scale;
   return in;
 }
 
@@ -83,12 +92,16 @@ inline QueryAttentionParams forward_params(const QueryAttentionInputs& in, at::T
   QueryAttentionParams p;
   p.q = in.q.data_ptr(), p.k = in.k.data_ptr(), p.v = in.v.data_ptr();
   p.key_mask = in.mask.defined() ? reinterpret_cast<const uint8_t*>(in.mask.data_ptr()) : nullptr;
-  p.out = out.data_ptr(), p.lse = lse.data_ptr<float>();
+  p.out = out.data_ptr();
   p.q_strides = strides_of(in.q, in.shared);
   p.k_strides = strides_of(in.k, false), p.v_strides = strides_of(in.v, false);
   p.batch = in.batch, p.heads = in.heads, p.lq = in.lq, p.lk = in.lk, p.d = in.d;
-  p.scale = in.scale;
+  p.scale = static_cast<float>(in.scale), p.scale64 = in.scale;
   p.dtype = to_dtype(in.q.scalar_type());
+  if (p.dtype == DType::F64)
+    p.lse64 = lse.data_ptr<double>();
+  else
+    p.lse = lse.data_ptr<float>();
   return p;
 }
 
@@ -109,17 +122,18 @@ inline BackwardTensors prepare_backward(const QueryAttentionInputs& in, const at
   TORCH_CHECK_TYPE(out.scalar_type() == in.q.scalar_type() &&
                        dout.scalar_type() == in.q.scalar_type(),
                    "slime::query_attention_backward: out and dout must have q's dtype");
-  TORCH_CHECK_TYPE(lse.scalar_type() == at::kFloat,
-                   "slime::query_attention_backward: lse must be float32");
+  const at::ScalarType acc = lse_dtype(in.q);
+  TORCH_CHECK_TYPE(lse.scalar_type() == acc, "slime::query_attention_backward: lse must be ",
+                   acc, " for q of dtype ", in.q.scalar_type(), ", got ", lse.scalar_type());
   check_same_device(in.q, "q", dout, "dout");
   check_same_device(in.q, "q", out, "out");
   check_same_device(in.q, "q", lse, "lse");
   BackwardTensors t;
   t.dout = dout.contiguous(), t.out = out.contiguous(), t.lse = lse.contiguous();
   if (dlse.has_value() && dlse->defined()) {
-    TORCH_CHECK_VALUE(dlse->sizes() == at::IntArrayRef(lb) && dlse->scalar_type() == at::kFloat,
-                      "slime::query_attention_backward: dlse must be float32 ",
-                      at::IntArrayRef(lb), ", got ", dlse->sizes());
+    TORCH_CHECK_VALUE(dlse->sizes() == at::IntArrayRef(lb) && dlse->scalar_type() == acc,
+                      "slime::query_attention_backward: dlse must be ", acc, " ",
+                      at::IntArrayRef(lb), ", got ", dlse->scalar_type(), " ", dlse->sizes());
     check_same_device(in.q, "q", *dlse, "dlse");
     t.dlse = dlse->contiguous();
   }
@@ -129,7 +143,7 @@ inline BackwardTensors prepare_backward(const QueryAttentionInputs& in, const at
   t.dk = at::empty({in.batch, in.heads, in.lk, in.d}, opts);
   t.dv = at::empty({in.batch, in.heads, in.lk, in.d}, opts);
   if (in.shared)
-    t.dq_partial = at::empty({in.batch, in.heads, in.lq, in.d}, opts.dtype(at::kFloat));
+    t.dq_partial = at::empty({in.batch, in.heads, in.lq, in.d}, opts.dtype(acc));
   return t;
 }
 
@@ -138,15 +152,22 @@ inline QueryAttentionBackwardParams backward_params(const QueryAttentionInputs& 
   QueryAttentionBackwardParams p;
   p.q = in.q.data_ptr(), p.k = in.k.data_ptr(), p.v = in.v.data_ptr();
   p.key_mask = in.mask.defined() ? reinterpret_cast<const uint8_t*>(in.mask.data_ptr()) : nullptr;
-  p.out = t.out.data_ptr(), p.dout = t.dout.data_ptr(), p.lse = t.lse.data_ptr<float>();
-  p.dlse = t.dlse.defined() ? t.dlse.data_ptr<float>() : nullptr;
+  p.out = t.out.data_ptr(), p.dout = t.dout.data_ptr();
   p.dq = t.dq.data_ptr(), p.dk = t.dk.data_ptr(), p.dv = t.dv.data_ptr();
-  p.dq_partial = t.dq_partial.defined() ? t.dq_partial.data_ptr<float>() : nullptr;
   p.q_strides = strides_of(in.q, in.shared);
   p.k_strides = strides_of(in.k, false), p.v_strides = strides_of(in.v, false);
   p.batch = in.batch, p.heads = in.heads, p.lq = in.lq, p.lk = in.lk, p.d = in.d;
-  p.scale = in.scale;
+  p.scale = static_cast<float>(in.scale), p.scale64 = in.scale;
   p.dtype = to_dtype(in.q.scalar_type());
+  if (p.dtype == DType::F64) {
+    p.lse64 = t.lse.data_ptr<double>();
+    p.dlse64 = t.dlse.defined() ? t.dlse.data_ptr<double>() : nullptr;
+    p.dq_partial64 = t.dq_partial.defined() ? t.dq_partial.data_ptr<double>() : nullptr;
+  } else {
+    p.lse = t.lse.data_ptr<float>();
+    p.dlse = t.dlse.defined() ? t.dlse.data_ptr<float>() : nullptr;
+    p.dq_partial = t.dq_partial.defined() ? t.dq_partial.data_ptr<float>() : nullptr;
+  }
   return p;
 }
 

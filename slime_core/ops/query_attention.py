@@ -4,9 +4,11 @@
 
 The queries are either shared by the whole batch (one [heads, Lq, d] tensor, broadcast
 inside the kernel, never copied per item) or given per item. Softmax and accumulation run
-in float32 for every input dtype; no Lq x Lk matrix is stored (online softmax over key
-blocks). Backward recomputes the probabilities from the saved log-sum-exp and is
-deterministic: a shared q's gradient is summed over the batch in a fixed order.
+in float32 for float32, bfloat16 and float16 inputs; float64 inputs (CPU only, for gradcheck
+and references) run in float64 throughout and get a float64 lse. No Lq x Lk matrix is stored
+(online softmax over key blocks). Backward recomputes the probabilities from the saved
+log-sum-exp and is deterministic: a shared q's gradient is summed over the batch in a fixed
+order.
 
 Layout: the kernels need only the last dimension (d) contiguous; any other strides are read
 as they are, so views such as ``x.view(B, L, heads, d).transpose(1, 2)`` cost no copy. A
@@ -18,7 +20,12 @@ import torch
 
 from slime_core.ops._checks import check_same_device, check_same_dtype, check_tensor
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _lse_dtype(q):
+    """lse's dtype, the kernels' compute type: float64 for float64 inputs, else float32."""
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
 def _key_mask(key_mask, key_padding_mask, batch, lk, device):
@@ -67,11 +74,13 @@ def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None
         scale: score scale, default 1 / sqrt(d).
         return_lse: also return the log-sum-exp of the scaled scores.
 
-    q, k, v share one dtype (float32, bfloat16 or float16) and one device. A query row
-    whose keys are all masked gets zeros (and zero gradients), with lse = -inf.
+    q, k, v share one dtype (float32, bfloat16 or float16; float64 on CPU only) and one
+    device. A query row whose keys are all masked gets zeros (and zero gradients), with
+    lse = -inf.
 
     Returns:
-        out: (B, heads, Lq, d) in q's dtype; with return_lse also lse: (B, heads, Lq) float32.
+        out: (B, heads, Lq, d) in q's dtype; with return_lse also lse: (B, heads, Lq),
+        float32 (float64 for float64 inputs).
     """
     check_tensor("q", q, dtypes=_FLOAT_DTYPES)
     if q.dim() not in (3, 4):
@@ -81,6 +90,9 @@ def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None
     check_tensor("v", v, dtypes=_FLOAT_DTYPES, ndim=4)
     check_same_dtype(q=q, k=k, v=v)
     check_same_device(q=q, k=k, v=v)
+    if q.dtype == torch.float64 and q.device.type != "cpu":
+        # The CUDA kernels are float32-accumulating only; float64 is for CPU gradchecks.
+        raise TypeError(f"float64 is supported on CPU only; q, k, v are on {q.device}")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got k {tuple(k.shape)} and v "
                          f"{tuple(v.shape)}")
@@ -104,7 +116,7 @@ def _query_attention_fake(q, k, v, key_mask, scale):
     batch, heads, _, d = k.shape
     lq = q.shape[-2]
     out = q.new_empty((batch, heads, lq, d))
-    lse = q.new_empty((batch, heads, lq), dtype=torch.float32)
+    lse = q.new_empty((batch, heads, lq), dtype=_lse_dtype(q))
     return out, lse
 
 

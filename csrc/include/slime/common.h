@@ -19,7 +19,7 @@ namespace slime {
 
 // Element types a kernel may be asked to read or write. Values are stable: the torch glue
 // maps at::ScalarType onto them and the C++ tests print them.
-enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2, U8 = 3, I64 = 4, I32 = 5 };
+enum class DType : int32_t { F32 = 0, F16 = 1, BF16 = 2, U8 = 3, I64 = 4, I32 = 5, F64 = 6 };
 
 inline const char* dtype_name(DType t) {
   switch (t) {
@@ -29,6 +29,7 @@ inline const char* dtype_name(DType t) {
     case DType::U8: return "uint8";
     case DType::I64: return "int64";
     case DType::I32: return "int32";
+    case DType::F64: return "float64";
   }
   return "unknown";
 }

@@ -6,8 +6,10 @@
 // q is either shared by the whole batch ([heads, Lq, d], q_batch_stride 0) or per item
 // ([B, heads, Lq, d]); k and v are [B, heads, Lk, d]; the optional key mask [B, Lk] holds
 // 1 where a key takes part and 0 where it is padding. Softmax and accumulation are float32
-// whatever the element type. A query row whose keys are all masked (or Lk == 0) gets
-// out = 0, lse = -inf, and zero gradients.
+// for F32, BF16 and F16 elements; F64 (CPU only: it exists for gradcheck and float64
+// references) computes in double and keeps lse, dlse and the dq scratch in double as well.
+// A query row whose keys are all masked (or Lk == 0) gets out = 0, lse = -inf, and zero
+// gradients.
 //
 // Layout: every tensor's last dimension (d) is contiguous; the other strides are free (in
 // elements), so the projections' [B, Lk, heads, d] views need no copy. out, lse and the
@@ -36,10 +38,16 @@ struct QueryAttentionParams {
   const void* v;             // [B, heads, Lk, d]
   const uint8_t* key_mask;   // [B, Lk] contiguous, 1 = keep; nullptr = keep all
   void* out;                 // [B, heads, Lq, d] contiguous, same dtype as q
-  float* lse;                // [B, heads, Lq] contiguous, natural log
+  // [B, heads, Lq] contiguous, natural log, in the compute type: lse64 when dtype is F64.
+  // A union rather than void* so that the float-only CUDA kernels read lse unchanged.
+  union {
+    float* lse;
+    double* lse64;
+  };
   AttnStrides q_strides, k_strides, v_strides;
   int64_t batch = 0, heads = 0, lq = 0, lk = 0, d = 0;
   float scale = 1.0f;
+  double scale64 = 1.0;  // the same scale unrounded: what the F64 kernel reads instead
   DType dtype = DType::F32;
 };
 
@@ -50,17 +58,29 @@ struct QueryAttentionBackwardParams {
   const uint8_t* key_mask;   // [B, Lk] or nullptr
   const void* out;           // [B, heads, Lq, d] contiguous
   const void* dout;          // [B, heads, Lq, d] contiguous
-  const float* lse;          // [B, heads, Lq] contiguous
-  const float* dlse;         // [B, heads, Lq] contiguous, or nullptr (no gradient on lse)
+  // lse, dlse and dq_partial are in the compute type, like the forward's lse: their *64
+  // members when dtype is F64.
+  union {
+    const float* lse;        // [B, heads, Lq] contiguous
+    const double* lse64;
+  };
+  union {
+    const float* dlse;       // [B, heads, Lq] contiguous, or nullptr (no gradient on lse)
+    const double* dlse64;
+  };
   void* dq;                  // like q but contiguous: [heads, Lq, d] (shared) or [B, heads, Lq, d]
   void* dk;                  // [B, heads, Lk, d] contiguous
   void* dv;                  // [B, heads, Lk, d] contiguous
-  // [B, heads, Lq, d] float32 scratch, needed when q is shared: per-item partial dq that is
-  // summed over the batch in a fixed order afterwards (deterministic, no atomics).
-  float* dq_partial;
+  // [B, heads, Lq, d] scratch, needed when q is shared: per-item partial dq that is summed
+  // over the batch in a fixed order afterwards (deterministic, no atomics).
+  union {
+    float* dq_partial;
+    double* dq_partial64;
+  };
   AttnStrides q_strides, k_strides, v_strides;
   int64_t batch = 0, heads = 0, lq = 0, lk = 0, d = 0;
   float scale = 1.0f;
+  double scale64 = 1.0;  // the same scale unrounded: what the F64 kernel reads instead
   DType dtype = DType::F32;
 };
 
