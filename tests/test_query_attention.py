@@ -195,6 +195,27 @@ def test_strided_views_read_without_copy_and_agree():
     assert max_err(query_attention(qt, k, v), query_attention_ref(qt, k, v)[0]) < 2e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_per_item_q_expanded_over_the_batch(device, batch):
+    # q.expand(B, ...) has batch stride 0, the kernels' sign of a shared q; the glue must not
+    # take it for one (that wrote dq through a buffer only a shared q gets: a crash).
+    q3, k, v, mask = make(batch, 2, 9, 31, 64, shared=True, device=device, masked=True)
+    g = torch.randn(batch, 2, 9, 64, device=device)
+    leaf = q3.clone().requires_grad_()
+    q = leaf.unsqueeze(0).expand(batch, -1, -1, -1)
+    if batch == 1:  # expand keeps a size-1 dim's stride; a zero one is just as valid there
+        q = q.as_strided(q.shape, (0,) + q.stride()[1:])
+    assert q.stride(0) == 0
+    out = query_attention(q, k, v, key_mask=mask)
+    out.backward(g)
+    ref_leaf = q3.double().clone().requires_grad_()
+    ref = query_attention_ref(ref_leaf.unsqueeze(0).expand(batch, -1, -1, -1), k, v, mask)[0]
+    ref.backward(g.double())
+    assert max_err(out, ref) < 2e-5
+    assert max_err(leaf.grad, ref_leaf.grad) < 5e-5
+
+
 @pytest.mark.parametrize("shared", [True, False], ids=["shared_q", "per_item_q"])
 def test_empty_batch_and_no_keys(shared):
     q, k, v, _ = make(0, 2, 7, 5, 16, shared=shared)

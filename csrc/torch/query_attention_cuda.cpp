@@ -36,9 +36,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> query_attention_backward_cuda_imp
   QueryAttentionInputs in = prepare_query_attention(q, k, v, mask, scale);
   check_cuda_head_dim(in);
   const c10::cuda::CUDAGuard guard(q.device());
-  // A per-item q expanded over the batch has batch stride 0, which the kernels read as a
-  // shared q: they would write dq into the partial that only a shared q gets. Copy it.
-  if (!in.shared && in.q.stride(0) == 0) in.q = in.q.clone(at::MemoryFormat::Contiguous);
   BackwardTensors t = prepare_backward(in, dout, dlse, out, lse);
   check_launch(query_attention_backward_cuda(backward_params(in, t), current_stream(q)),
                "query_attention_backward");

@@ -73,6 +73,11 @@ inline QueryAttentionInputs prepare_query_attention(const at::Tensor& q, const a
   TORCH_CHECK_VALUE(in.shared || q.size(0) == in.batch, "slime::query_attention: q batch ",
                     q.size(0), " != k batch ", in.batch);
   in.q = d_contiguous(q), in.k = d_contiguous(k), in.v = d_contiguous(v);
+  // The kernels recognise a shared q by its zero batch stride, so a per-item q that is an
+  // expanded view (batch stride 0) would be taken for a shared one and its dq written into
+  // the shared-q partial buffer that a per-item call never allocates. Give it real rows.
+  if (!in.shared && in.batch > 0 && in.q.stride(0) == 0)
+    in.q = in.q.clone(at::MemoryFormat::Contiguous);
   if (mask.has_value() && mask->defined()) {
     TORCH_CHECK_TYPE(mask->scalar_type() == at::kBool,
                      "slime::query_attention: key_mask must be bool (True = keep), got ",
