@@ -89,7 +89,7 @@ def main(argv=None):
             report += f"\n- {r.op} {r.shape}: {r.note}"
     print(report)
     os.makedirs(args.out, exist_ok=True)
-    tag = info.get("gpu", "cpu").replace(" ", "-")
+    tag = info.get("gpu", f"{info['cores']}core").replace(" ", "-")
     stem = os.path.join(args.out, f"{info['date']}-{args.device}-{tag}")
     with open(stem + ".md", "w") as f:
         f.write(report + "\n")

@@ -102,7 +102,11 @@ class Row:
 
     def ceiling_share(self, ceilings):
         if self.bound == "compute":
-            peak = ceilings.matmul_gflops.get(self.dtype) or ceilings.matmul_gflops["float32"]
+            # Narrow floats can always be multiplied at the float32 rate by converting them
+            # (what our CPU kernels do where the hardware has no bf16/fp16 units), so the
+            # ceiling is the better of the two measured rates, never the slower one.
+            peak = max(ceilings.matmul_gflops.get(self.dtype, 0.0),
+                       ceilings.matmul_gflops["float32"])
         else:
             peak = ceilings.copy_gbps
         return self.achieved() / peak if peak else 0.0

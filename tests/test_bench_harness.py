@@ -20,8 +20,13 @@ def test_row_ratio_and_ceiling_share():
     assert abs(mem.achieved() - 5.0) < 1e-9  # 0.25 GB in 0.05 s
     assert abs(mem.ceiling_share(ceil) - 0.5) < 1e-9
     comp = Row("op", "s", "bfloat16", "cpu", "base", base, ours, flops=2.5e9, bound="compute")
-    # No bf16 ceiling measured: falls back to the float32 one instead of dividing by zero.
+    # No bf16 ceiling measured: the float32 one applies instead of dividing by zero.
     assert abs(comp.ceiling_share(ceil) - 0.5) < 1e-9
+    # A bf16 rate slower than float32 (no bf16 units) does not lower the ceiling either.
+    ceil.matmul_gflops["bfloat16"] = 1.0
+    assert abs(comp.ceiling_share(ceil) - 0.5) < 1e-9
+    ceil.matmul_gflops["bfloat16"] = 200.0
+    assert abs(comp.ceiling_share(ceil) - 0.25) < 1e-9
     assert abs(base.spread - 0.35) < 1e-9
 
 
