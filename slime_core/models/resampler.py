@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from slime_core.models.pos_embed import resize_pos_embed, sincos_pos_embed_2d
 from slime_core.ops.query_attention import query_attention
-from slime_core.ops.reference import resize_pos_embed, sincos_pos_embed_2d
 
 
 class QueryAttentionWeights(nn.Module):

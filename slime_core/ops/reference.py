@@ -7,6 +7,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# The fixed position embedding is part of the model, not a reference of it: shared here.
+from slime_core.models.pos_embed import resize_pos_embed, sincos_pos_embed_2d  # noqa: F401
+
 
 # ---- tile_resize ----
 
@@ -141,34 +144,6 @@ def query_attention_ref(q, k, v, key_mask=None, scale=None, *, upcast=True):
     lse = torch.logsumexp(s.float() if not upcast else s, dim=-1)
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)
     return p @ v, lse
-
-
-def sincos_pos_embed_2d(dim, grid):
-    """(grid*grid, dim) float64: the 2-D sin-cos embedding of a grid x grid raster (MAE /
-    Qwen-VL layout, as SliME's released code builds it): the first dim/2 channels encode the
-    column, the last dim/2 the row, each as [sin(pos * w), cos(pos * w)] with
-    w_i = 1 / 10000^(i / (dim/4))."""
-    if dim % 4:
-        raise ValueError(f"the sin-cos position embedding needs dim divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
-    pos = torch.arange(grid, dtype=torch.float64)
-    col = pos.repeat(grid)             # token t = row * grid + col
-    row = pos.repeat_interleave(grid)
-
-    def one(p):
-        a = p[:, None] * omega[None, :]
-        return torch.cat([a.sin(), a.cos()], dim=1)
-
-    return torch.cat([one(col), one(row)], dim=1)
-
-
-def resize_pos_embed(pos, grid):
-    """Bicubic resize (align_corners False) of a (g*g, D) embedding to (grid*grid, D),
-    computed in float32 and returned in pos's dtype, as the released code does."""
-    g = math.isqrt(pos.shape[0])
-    img = pos.float().reshape(1, g, g, -1).permute(0, 3, 1, 2)
-    out = F.interpolate(img, size=(grid, grid), mode="bicubic", align_corners=False)
-    return out.permute(0, 2, 3, 1).flatten(0, 2).to(pos.dtype)
 
 
 class ResamplerRef(nn.Module):
