@@ -114,7 +114,7 @@ setup(
     packages=find_packages(include=["slime_core", "slime_core.*"]),
     python_requires=">=3.9",
     # torch is deliberately a floor, not a pin: an installed CPU or CUDA torch >= 2.4 is kept.
-    install_requires=["torch>=2.4", "numpy", "pillow"],
+    install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tokenizers"],
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,
