@@ -166,7 +166,8 @@ IMG_W, IMG_H = 1920, 1080
 GRID_W, GRID_H = 3, 2  # the UHD picker's choice for 1920x1080 (SLIME_SPEC section 2)
 CROPS = 1 + GRID_W * GRID_H
 HEADS, HEAD_DIM, LQ, LK = 8, 128, 144, 576
-M_TOK, HIDDEN = 144 * GRID_W * GRID_H + 144, 4096  # 7 x 144 = 1008 local tokens
+# The most local tokens an image has: 7 tiles x 144 (1920x1080 has 6 tiles; 3000x300 has 7).
+M_TOK, HIDDEN = 7 * 144, 4096
 KEPT = 958  # ~95% of 1008: the first release's double softmax with top-p 0.95 (SLIME_SPEC 5)
 
 
@@ -183,7 +184,7 @@ def windows(n_in, n_out):
 
 
 def resized_local():
-    """Resize-and-pad of the local view: the resized size and its vertical offset."""
+    """Resize-and-pad of the local view: resized width and height, left and top padding."""
     tw, th = GRID_W * S, GRID_H * S
     if tw / IMG_W < th / IMG_H:
         w, h = tw, min(math.ceil(IMG_H * tw / IMG_W), th)
@@ -195,7 +196,7 @@ def resized_local():
 def tile_views():
     """Per view (global, local): h and v windows, their ksizes, and the first resized row of
     each row of crops (negative: the top padding)."""
-    lw, lh, px, py = resized_local()
+    lw, lh, _, py = resized_local()
     views = []
     for out_w, out_h, y0s in [(S, S, [0]), (lw, lh, [r * S - py for r in range(GRID_H)])]:
         hw, hk = windows(IMG_W, out_w)
@@ -506,7 +507,9 @@ def markdown(r):
           "computes in float32 without wmma) and token_select, int32 for the Pillow-exact "
           f"fixed-point filters of tile_resize (2 ops per multiply-add). Waves = grid / "
           f"(blocks per SM x {p['sms']} SMs) at sm_90's theoretical occupancy. "
-          "Launch latency (a few us per kernel) is not modelled.", "",
+          f"token_select: M = {M_TOK} local tokens (7 tiles, the most an image has). token_pack: "
+          f"{KEPT} of them kept per image (the first release's top-p 0.95 keeps ~95%) into N "
+          "LLM input rows (40 text + 576 global + separator + kept, per image).", "",
           "| op | shape | bytes | FLOPs | FLOP/B | peak | t(mem) | t(math) | lower bound | "
           "bound | grid | waves |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in r["roofline"]:
