@@ -440,7 +440,16 @@ def notes(r):
     thin = [f"{c['op']} {c['shape']} ({c['waves']:.2f})" for c in r["roofline"] if c["waves"] < 1]
     pack = cases[("token_pack", next(s for o, s in cases if o == "token_pack"))]
     n1 = 40 + 577 + KEPT
+    tighter = []
+    for k in r["kernels"]:
+        if k["hot"] and k["limiter"] == "shared memory":
+            arch = ARCHS[k["arch"]]
+            fits = arch.smem_per_sm // (k["blocks_per_sm"] + 1) // arch.smem_unit * arch.smem_unit
+            over = k["smem_static"] + k["smem_dynamic"] + arch.smem_reserved - fits
+            tighter.append(f"{k['kernel']} on sm_{k['arch']}: {over} B")
     return [
+        "- Shared memory per block to give up for one more resident block per SM: "
+        + "; ".join(tighter) + ".",
         f"- The attention backward computes in float32 FMA: at B=7 its bound is "
         f"{fmt_time(bwd['t_min'])} against the forward's {fmt_time(fwd['t_min'])}; on bf16 "
         f"tensor cores the same bytes and FLOPs would bound it at {fmt_time(bwd_tc)}. Its two "
