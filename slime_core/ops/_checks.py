@@ -3,6 +3,7 @@ import torch
 
 
 def check_tensor(name, t, *, dtypes=None, ndim=None, device=None):
+    """Raises TypeError/ValueError naming `name` unless t is a tensor of the given kind."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if dtypes is not None and t.dtype not in dtypes:
@@ -16,6 +17,7 @@ def check_tensor(name, t, *, dtypes=None, ndim=None, device=None):
 
 
 def check_same_device(**tensors):
+    """Raises ValueError naming two of the (non-None) tensors that sit on different devices."""
     named = [(n, t) for n, t in tensors.items() if t is not None]
     if not named:
         return
@@ -27,6 +29,7 @@ def check_same_device(**tensors):
 
 
 def check_same_dtype(**tensors):
+    """Raises TypeError naming two of the (non-None) tensors whose dtypes differ."""
     named = [(n, t) for n, t in tensors.items() if t is not None]
     if not named:
         return

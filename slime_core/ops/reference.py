@@ -168,7 +168,8 @@ class ResamplerRef(nn.Module):
         self.proj = nn.Linear(embed_dim, out_dim) if out_dim is not None else nn.Identity()
 
     def forward(self, x, key_padding_mask=None):
-        # x: (B, Lk, kv_dim); key_padding_mask: (B, Lk) bool, True = ignore
+        """x: (B, Lk, kv_dim); key_padding_mask: (B, Lk) bool, True = ignore (the released
+        code's nn.MultiheadAttention convention, kept in this reference of it)."""
         pos_k = resize_pos_embed(self.pos_embed, math.isqrt(x.shape[1]))
         x = self.ln_kv(self.kv_proj(x)).permute(1, 0, 2)   # (Lk, B, D)
         q = self.ln_q(self.query).unsqueeze(1).repeat(1, x.shape[1], 1)
