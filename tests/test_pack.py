@@ -270,3 +270,13 @@ def test_whole_chain_compiles(dynamic):
     assert torch.equal(am, am_e) and torch.allclose(loss, loss_e)
     for g, a in zip(grads, [a for a in args if a.requires_grad]):
         assert torch.allclose(g, a.grad)
+
+
+def test_cuda_device_on_a_cpu_build_is_refused_up_front():
+    from slime_core.ops._checks import check_backend
+    if slime_core._C.build_info()["cuda"]:
+        pytest.skip("this build has CUDA kernels")
+    with pytest.raises(RuntimeError, match=r"built without CUDA kernels.*SLIME_CUDA=1"):
+        check_backend("cuda", "ImageProcessor")
+    check_backend("cpu")
+    check_backend("meta")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from slime_core.models.resampler import Resampler
+from slime_core.ops._checks import check_backend
 from slime_core.ops.pack import (find_image_positions, gather_rows, pack_image_tokens,
                                  splice_image_tokens, tile_raster_index)
 from slime_core.ops.token_select import token_select
@@ -56,6 +57,9 @@ class SlimeLlavaNext(nn.Module):
                  prenorm_temperature=None, separator_token_id=None):
         super().__init__()
         _, _, cfg = _hf_parts(model)
+        for p in model.parameters():  # fail now, not at the first batch
+            check_backend(p.device, "SlimeLlavaNext")
+            break
         vcfg = cfg.vision_config
         if getattr(cfg, "vision_feature_select_strategy", "default") not in ("default", "full"):
             raise ValueError(f"unknown vision_feature_select_strategy "
