@@ -72,7 +72,9 @@ def save(model, folder, layout):
     model.save_pretrained(folder)
     if layout == "vision_v4":
         path = os.path.join(folder, "model.safetensors")
-        state = {"vision_model." + k: v for k, v in load_file(path).items()}
+        # (transformers 4.x already wrote this prefix itself)
+        state = {k if k.startswith("vision_model.") else "vision_model." + k: v
+                 for k, v in load_file(path).items()}
         n = state["vision_model.embeddings.position_embedding.weight"].shape[0]
         state["vision_model.embeddings.position_ids"] = torch.arange(n)[None]
         save_file(state, path, metadata={"format": "pt"})
@@ -391,4 +393,4 @@ def test_registry():
         registry.register("vision_tower", "clip")(object)
     with pytest.raises(ValueError, match="no registry of kind 'tokenizer'"):
         registry.get("tokenizer", "clip")
-    assert registry.get("vision_tower", "clip") is VisionTower  # the failed duplicate changed nothing
+    assert registry.get("vision_tower", "clip") is VisionTower  # the refused duplicate left it

@@ -62,6 +62,10 @@ _HF_DEFAULTS = {
 }
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclasses.dataclass
 class VisionConfig:
     # Defaults: SliME's tower, CLIP ViT-L/14 at 336 pixels.
@@ -86,7 +90,7 @@ class VisionConfig:
         for name in ("image_size", "patch_size", "num_channels", "hidden_size",
                      "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.patch_size > self.image_size:
             raise ValueError(f"patch_size {self.patch_size} exceeds image_size {self.image_size}")
@@ -102,8 +106,7 @@ class VisionConfig:
         if self.select_feature == "cls_patch" and not self.class_token:
             raise ValueError("select_feature 'cls_patch' needs a tower with a class token")
         n = self.num_hidden_layers
-        if (not isinstance(self.select_layer, int) or isinstance(self.select_layer, bool)
-                or not -(n + 1) <= self.select_layer <= n):
+        if not _is_int(self.select_layer) or not -(n + 1) <= self.select_layer <= n:
             raise ValueError(f"select_layer must be an int in [{-(n + 1)}, {n}] (hidden_states "
                              f"of a {n}-layer tower), got {self.select_layer!r}")
         if self.post_layernorm and self.num_layers_built != n:
@@ -283,7 +286,7 @@ class VisionTower(nn.Module):
             self.requires_grad_(True)
             return self
         n = len(self.encoder.layers)
-        if not isinstance(from_layer, int) or isinstance(from_layer, bool) or not 0 <= from_layer < n:
+        if not _is_int(from_layer) or not 0 <= from_layer < n:
             raise ValueError(f"from_layer must be an int in [0, {n}) (the {n} layers built), got "
                              f"{from_layer!r}")
         self.requires_grad_(False)
