@@ -1,4 +1,7 @@
-"""Model building blocks. Modules are imported explicitly (no directory scanning)."""
+"""Model building blocks. Modules are imported explicitly (no directory scanning); importing
+them fills slime_core.models.registry."""
+from slime_core.models import registry
 from slime_core.models.resampler import Resampler
+from slime_core.models.vision import VisionConfig, VisionTower
 
-__all__ = ["Resampler"]
+__all__ = ["Resampler", "VisionConfig", "VisionTower", "registry"]
