@@ -1,7 +1,8 @@
 """Model building blocks. Modules are imported explicitly (no directory scanning); importing
 them fills slime_core.models.registry."""
 from slime_core.models import registry
+from slime_core.models.connectors import GatedAdapters, build_connector
 from slime_core.models.resampler import Resampler
 from slime_core.models.vision import VisionConfig, VisionTower
 
-__all__ = ["Resampler", "VisionConfig", "VisionTower", "registry"]
+__all__ = ["GatedAdapters", "Resampler", "build_connector", "VisionConfig", "VisionTower", "registry"]
