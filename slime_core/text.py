@@ -53,15 +53,15 @@ def _read_json(path):
 class Tokenizer:
     """An HF fast tokenizer's behaviour (encode, decode, special tokens) on `tokenizers` alone.
 
-    Which special tokens `encode(..., add_special_tokens=True)` adds follows transformers:
-    when tokenizer_config.json sets `add_bos_token` or `add_eos_token`, those decide (and the
-    post-processor in tokenizer.json is ignored, so BOS is never added twice); otherwise the
-    post-processor in tokenizer.json decides (Llama 3 and Vicuna files add BOS there, GPT-2
-    and Phi files add nothing).
+    Which special tokens `encode(..., add_special_tokens=True)` adds follows transformers 5:
+    the post-processor in tokenizer.json decides when there is one (Llama 2/3 files add BOS
+    there, GPT-2 and Phi files add nothing), and tokenizer_config.json's `add_bos_token` /
+    `add_eos_token` only when there is none. One of the two decides, so BOS is never added
+    twice.
     """
 
     def __init__(self, backend, bos_token=None, eos_token=None, pad_token=None, unk_token=None,
-                 add_bos_token=None, add_eos_token=None):
+                 add_bos_token=False, add_eos_token=False):
         if not isinstance(backend, _Backend):
             raise TypeError(f"backend must be a tokenizers.Tokenizer, got {type(backend).__name__}")
         self._backend = backend
@@ -81,7 +81,7 @@ class Tokenizer:
         # string "</s>" in a prompt is then one token, and decoding can skip it.
         backend.add_special_tokens([AddedToken(t, special=True) for t in named.values() if t])
 
-        if add_bos_token is None and add_eos_token is None:
+        if backend.post_processor is not None:
             prefix, suffix = self._probe_post_processor()
         else:
             for name, flag, token in (("add_bos_token", add_bos_token, bos_token),
@@ -127,10 +127,6 @@ class Tokenizer:
                     raise ValueError(f"{config_path}: {name} must be true or false, "
                                      f"got {config[name]!r}")
                 kwargs[name] = config[name]
-        if ("add_bos_token" in kwargs) != ("add_eos_token" in kwargs):
-            # transformers: naming either one rebuilds the post-processor; the other is false.
-            kwargs.setdefault("add_bos_token", False)
-            kwargs.setdefault("add_eos_token", False)
         return cls(backend, **kwargs)
 
     def _probe_post_processor(self):
@@ -345,8 +341,9 @@ def _turns(template, conversation, for_generation):
 
 def _segments(template, conversation, for_generation, image_first):
     """The text as (piece, is_label) segments."""
+    turns = _turns(template, conversation, for_generation)
     segments = [(template.system, False)]
-    for question, answer in _turns(template, conversation, for_generation):
+    for question, answer in turns:
         if image_first:
             question = _image_first(question)
         segments.append((template.user.format(content=question), False))
