@@ -19,6 +19,7 @@ follows it (the template's stop string); every other position holds IGNORE_INDEX
 offsets, so the mask is exact by construction, where LLaVA re-tokenizes pieces and corrects
 the counts by hand (the "- 2" and "legacy" adjustments in its preprocess_v1).
 """
+import bisect
 import dataclasses
 import json
 import os
@@ -60,6 +61,8 @@ class Tokenizer:
     twice.
     """
 
+    # The backend passed in is taken over (special tokens registered, truncation and
+    # padding switched off); from_folder builds a fresh one.
     def __init__(self, backend, bos_token=None, eos_token=None, pad_token=None, unk_token=None,
                  add_bos_token=False, add_eos_token=False):
         if not isinstance(backend, _Backend):
@@ -80,6 +83,10 @@ class Tokenizer:
         # transformers registers the named special tokens as special added tokens: the
         # string "</s>" in a prompt is then one token, and decoding can skip it.
         backend.add_special_tokens([AddedToken(t, special=True) for t in named.values() if t])
+        # A tokenizer.json may switch truncation or padding on; transformers only applies
+        # them when a call asks, and neither belongs in a conversation's ids.
+        backend.no_truncation()
+        backend.no_padding()
 
         if backend.post_processor is not None:
             prefix, suffix = self._probe_post_processor()
@@ -95,8 +102,7 @@ class Tokenizer:
         # tokens or move offsets (GPT-2's trims spaces from them), and we need plain offsets.
         self._plain = _Backend.from_str(backend.to_str())
         self._plain.post_processor = None
-        self._plain.no_truncation()
-        self._plain.no_padding()
+        self._max_id = max(backend.get_vocab(with_added_tokens=True).values())
 
     @classmethod
     def from_folder(cls, folder):
@@ -176,7 +182,7 @@ class Tokenizer:
 
     @property
     def max_id(self):
-        return max(self._backend.get_vocab(with_added_tokens=True).values())
+        return self._max_id
 
     def token_to_id(self, token):
         return self._backend.token_to_id(token)
@@ -206,7 +212,7 @@ class Tokenizer:
 
     def decode(self, ids, skip_special_tokens=True):
         ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.max_id + 1]
+        bad = [i for i in ids if not 0 <= i <= self._max_id]
         if bad:
             raise ValueError(f"ids outside the vocabulary (0..{self.max_id}) cannot be decoded: "
                              f"{bad[:5]} (IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX} and "
@@ -379,6 +385,7 @@ def _tokenize_segments(tokenizer, segments):
             spans.append((pos, pos + len(piece)))
         text += piece
         pos += len(piece)
+    ends = [hi for _, hi in spans]  # spans are disjoint and in order
     prefix = tokenizer.special_prefix
     input_ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)
     start = 0
@@ -391,7 +398,8 @@ def _tokenize_segments(tokenizer, segments):
             a, b = a + start, b + start
             # A token overlapping a label span is a label: BPE merges the space after
             # "ASSISTANT:" into the answer's first word (LLaVA labels that token too).
-            in_answer = any(a < hi and b > lo for lo, hi in spans)
+            j = bisect.bisect_right(ends, a)  # the first span ending after a
+            in_answer = j < len(spans) and spans[j][0] < b
             input_ids.append(token_id)
             labels.append(token_id if in_answer else IGNORE_INDEX)
         start += len(chunk) + len(IMAGE_PLACEHOLDER)

@@ -163,6 +163,24 @@ def test_tokenizer_json_alone(tmp_path, folders):
     assert tok.encode("A cat")[0] == 1 and tok.encode("A cat", add_special_tokens=False)[0] != 1
 
 
+def test_truncation_and_padding_in_file_are_not_applied(tmp_path):
+    folder = fx.save_llama(str(tmp_path))
+    path = os.path.join(folder, "tokenizer.json")
+    with open(path) as f:
+        spec = json.load(f)
+    spec["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst",
+                          "stride": 0}
+    spec["padding"] = {"strategy": {"Fixed": 40}, "direction": "Right", "pad_to_multiple_of": None,
+                       "pad_id": 0, "pad_type_id": 0, "pad_token": "<unk>"}
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    tok = Tokenizer.from_folder(folder)
+    hf = transformers.PreTrainedTokenizerFast.from_pretrained(folder)
+    text = fx.CORPUS[1]
+    assert tok.encode(text) == hf(text).input_ids
+    assert tok.special_prefix == [1] and 4 < len(tok.encode(text)) < 40
+
+
 def test_check_fits(toks):
     for tok, hf in toks.values():
         top = max(hf.get_vocab().values())
