@@ -13,11 +13,21 @@ conversation templates LLaVA, SliME and TinyLLaVA train and prompt with.
 `<image>` is a placeholder, never a token: the text is cut at each `<image>`, the pieces are
 tokenized on their own (as LLaVA's `tokenizer_image_token` does, so the ids are the same),
 and the image's place holds IMAGE_TOKEN_INDEX, which the model replaces by visual tokens
-before anything indexes the embedding table. Labels are the ids of what the model must
-generate after each turn's inference prompt: the answer and the end-of-answer string that
-follows it (the template's stop string); every other position holds IGNORE_INDEX. Which tokens are answer tokens is read from the tokenizer's character
+before anything indexes the embedding table.
+
+Labels are the ids of what the model must generate after each turn's inference prompt: the
+answer and the end-of-answer string after it (the template's stop string); every other
+position holds IGNORE_INDEX. Which tokens those are is read from the tokenizer's character
 offsets, so the mask is exact by construction, where LLaVA re-tokenizes pieces and corrects
-the counts by hand (the "- 2" and "legacy" adjustments in its preprocess_v1).
+the counts by hand (the "- 2" and the "legacy" branch of preprocess_v1). In the tests the
+ids equal the original's, and the labels differ only where its counts go wrong, which
+depends on the vocabulary: a later round whose first word tokenizes differently after
+"</s>" than alone (LLaVA then masks the whole sample, "tokenization mismatch"), or a
+question holding the separator " ASSISTANT: " (LLaVA labels the question's tail).
+SliME's multi-turn Llama-3 inference prompt keeps its round marker "<|eot_conversation|>"
+as text; ours never holds it (its training text does not). What the originals repair
+silently is an error here: a conversation opening with a "gpt" turn (dropped there),
+several <image> in one turn (merged into one there).
 """
 import bisect
 import dataclasses
