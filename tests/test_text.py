@@ -50,7 +50,8 @@ WORDS = [w for w in " ".join(fx.CORPUS).split() if w not in ("USER:", "ASSISTANT
 
 
 def sentence(rng, n=None):
-    return " ".join(rng.choice(WORDS) for _ in range(n or rng.randint(1, 9)))
+    words = [rng.choice(WORDS) for _ in range(n or rng.randint(1, 9))]
+    return " ".join(["car"] + words if words[0] == "\n" else words)  # never blank
 
 
 def random_text(rng):
