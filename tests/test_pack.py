@@ -280,3 +280,10 @@ def test_cuda_device_on_a_cpu_build_is_refused_up_front():
         check_backend("cuda", "ImageProcessor")
     check_backend("cpu")
     check_backend("meta")
+
+
+def test_tile_order_is_the_stacking_order():
+    index, counts = tile_raster_index([(2, 1), (1, 3)], 2, order="tile")
+    assert index[0, :8].tolist() == list(range(8)) and index[1].tolist() == list(range(8, 20))
+    with pytest.raises(ValueError, match="order"):
+        tile_raster_index([(1, 1)], 2, order="spiral")

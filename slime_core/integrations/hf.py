@@ -23,7 +23,7 @@ from torch import nn
 
 from slime_core.models.resampler import Resampler
 from slime_core.ops._checks import check_backend
-from slime_core.ops.pack import (find_image_positions, gather_rows, pack_image_tokens,
+from slime_core.ops.pack import (crop_rows, find_image_positions, gather_rows, pack_image_tokens,
                                  splice_image_tokens, tile_raster_index)
 from slime_core.ops.token_select import token_select
 
@@ -117,12 +117,7 @@ class SlimeLlavaNext(nn.Module):
             raise ValueError(f"image(s) {bad}: crops_per_image must be 1 + tiles (a global "
                              "view first, as the processor's global_view=True gives)")
         dev = pixel_values.device
-        # Which crops are global views: index lists from the host-side counts (no sync, and
-        # static shapes for torch.compile, unlike a boolean mask).
-        first = [sum(crops[:i]) for i in range(len(crops))]
-        global_rows = torch.tensor(first, dtype=torch.int64, device=dev)
-        tile_rows = torch.tensor([f + 1 + t for f, c in zip(first, crops) for t in range(c - 1)],
-                                 dtype=torch.int64, device=dev)
+        global_rows, tile_rows = crop_rows(crops, dev)
 
         feats = self.vision_features(pixel_values)                    # (N, Lk, D_v)
         glob = projector(feats.index_select(0, global_rows))          # (B, Lk, H)

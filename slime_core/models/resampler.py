@@ -79,6 +79,9 @@ class Resampler(nn.Module):
         self.ln_q, self.ln_kv, self.ln_post = norm(embed_dim), norm(embed_dim), norm(embed_dim)
         self.proj = nn.Linear(embed_dim, out_dim) if out_dim is not None else nn.Identity()
         self._bias_cache = None  # (key, (Lk, 2D) bias) of the last no-grad forward
+        # False: attention through the plain-PyTorch reference instead of the fused op (same
+        # function; for checking a model end to end against its readable path).
+        self.use_fused_ops = True
 
     def _kv_bias(self, grid, dtype):
         """(Lk, 2D): [pos_k W_k^T + b_k, b_v], the bias of the fused K|V projection."""
@@ -154,8 +157,14 @@ class Resampler(nn.Module):
         # (B, heads, Lk, hd) views, no copy; split (not two slices) so that backward joins
         # the two gradients with one cat instead of zero-filling and adding two full copies.
         k, v = (t.view(batch, lk, heads, hd).transpose(1, 2) for t in kvp.split(dim, dim=-1))
-        out = query_attention(q, k, v, key_mask=key_mask, key_padding_mask=key_padding_mask,
-                              allow_fully_masked=allow_fully_masked)  # (B, heads, Lq, hd)
+        if self.use_fused_ops:
+            out = query_attention(q, k, v, key_mask=key_mask, key_padding_mask=key_padding_mask,
+                                  allow_fully_masked=allow_fully_masked)  # (B, heads, Lq, hd)
+        else:
+            from slime_core.ops.reference import query_attention_ref
+            keep = key_mask.bool() if key_mask is not None else (
+                None if key_padding_mask is None else ~key_padding_mask)
+            out = query_attention_ref(q, k, v, keep)[0]
         out = self.attn.out_proj(out.transpose(1, 2).reshape(batch, lq, dim))
         out = self.proj(self.ln_post(out))
         return out.squeeze(0) if single else out

@@ -15,6 +15,7 @@ keeps working.)"""
 from slime_core.ops.query_attention import query_attention  # noqa: F401
 from slime_core.ops.tile_resize import tile_resize  # noqa: F401
 from slime_core.ops.token_select import TokenSelection, token_pack, token_select  # noqa: F401
-from slime_core.ops.pack import (IGNORE_INDEX, SplicedInputs, find_image_positions,  # noqa: F401
+from slime_core.ops.pack import (IGNORE_INDEX, SplicedInputs, crop_rows,  # noqa: F401
+                                 find_image_positions,
                                  gather_rows, pack_image_tokens, splice_image_tokens,
                                  tile_raster_index)

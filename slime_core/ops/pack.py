@@ -34,7 +34,7 @@ class SplicedInputs(NamedTuple):
     #                                 image tokens and padding
 
 
-def tile_raster_index(grids_wh, side, *, device=None):
+def tile_raster_index(grids_wh, side, *, device=None, order="raster"):
     """Index that lays each image's tile tokens on one grid, row by row.
 
     The tiles of all images are assumed stacked back to back, image by image, each image's
@@ -46,12 +46,16 @@ def tile_raster_index(grids_wh, side, *, device=None):
         grids_wh: (w, h) tiles across and down per image (the processor's grids_wh), a list
             of pairs or a (B, 2) integer tensor.
         side: tokens per tile side (12 for SliME's 144-query compressor).
+        order: "raster" (one grid, row by row: SliME's "spatial" merge) or "tile" (tile
+            after tile, each row-major: LLaVA's "flat" merge, the stacking order itself).
     Returns:
         (index, counts): index (B, M_max) int64, -1 after each image's counts[b] positions;
         counts (B,) int64 = w * h * side**2.
     """
     if isinstance(side, bool) or not isinstance(side, int) or side < 1:
         raise ValueError(f"side must be a positive int, got {side!r}")
+    if order not in ("raster", "tile"):
+        raise ValueError(f"order must be 'raster' or 'tile', got {order!r}")
     grids = torch.as_tensor(grids_wh, dtype=torch.int64, device=device).reshape(-1, 2)
     if bool((grids < 0).any()):
         raise ValueError(f"grids_wh must be non-negative (w, h) pairs, got {grids.tolist()}")
@@ -64,7 +68,25 @@ def tile_raster_index(grids_wh, side, *, device=None):
     row, col = p // width, p % width
     tile = (row // side) * gw + col // side
     src = first.unsqueeze(1) + tile * side * side + (row % side) * side + col % side
+    if order == "tile":
+        src = first.unsqueeze(1) + p
     return torch.where(p < counts.unsqueeze(1), src, -1), counts
+
+
+def crop_rows(crops_per_image, device=None):
+    """(global_rows, tile_rows): int64 indices of the global views and of the tiles in the
+    processor's flat crop batch, where image b contributes crops_per_image[b] crops, its
+    global view first. Built from the host-side counts: no device sync, and static shapes
+    for torch.compile (unlike a boolean mask)."""
+    crops = [int(c) for c in crops_per_image]
+    if any(c < 1 for c in crops):
+        raise ValueError(f"crops_per_image must be >= 1 (a global view first), got {crops}")
+    first = [0] * len(crops)
+    for i in range(1, len(crops)):
+        first[i] = first[i - 1] + crops[i - 1]
+    tiles = [f + 1 + t for f, c in zip(first, crops) for t in range(c - 1)]
+    return (torch.tensor(first, dtype=torch.int64, device=device),
+            torch.tensor(tiles, dtype=torch.int64, device=device))
 
 
 def gather_rows(rows, index):

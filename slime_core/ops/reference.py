@@ -123,6 +123,22 @@ def token_select_ref(tokens, text, text_mask, token_counts, *, top_p=None, top_k
     return indices, counts, probs
 
 
+def pack_image_tokens_ref(tokens, indices, counts, prefix=None):
+    """pack_image_tokens the obvious way: per image [prefix rows, tokens[b, kept]] then zero
+    rows, (B, P + K, H), with the counts P + counts (B,)."""
+    B, _, H = tokens.shape
+    P = 0 if prefix is None else prefix.shape[-2]
+    rows = []
+    for b in range(B):
+        kept = tokens[b, indices[b, :int(counts[b])]]
+        parts = ([] if prefix is None else [prefix if prefix.dim() == 2 else prefix[b]]) + [kept]
+        block = torch.cat(parts)
+        pad = tokens.new_zeros(P + indices.shape[1] - block.shape[0], H)
+        rows.append(torch.cat([block, pad]))
+    out = torch.stack(rows) if rows else tokens.new_zeros(0, P + indices.shape[1], H)
+    return out, counts + P
+
+
 # ---- query_attention ----
 
 
