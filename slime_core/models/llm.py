@@ -566,6 +566,9 @@ class Decoder(nn.Module):
             pad_token_id = self.config.pad_token_id
         if pad_token_id is None:
             pad_token_id = stops[0] if stops else 0
+        if not 0 <= pad_token_id < self.config.vocab_size:  # ended rows still feed it back
+            raise ValueError(f"pad_token_id {pad_token_id} is not a token id "
+                             f"(vocab_size {self.config.vocab_size})")
         stops = torch.tensor(stops, dtype=torch.long, device=device)
         out = torch.full((B, 0), pad_token_id, dtype=torch.long, device=device)
         if max_new_tokens == 0 or B == 0:
