@@ -231,26 +231,40 @@ class MappedSafetensors:
         return torch.frombuffer(mm, dtype=dtype, count=(end - begin) // dtype.itemsize,
                                 offset=begin).view(shape)
 
-    def take(self, key, dtype=None, device=None):
+    def take(self, key, dtype=None, device=None, chunk_bytes=64 * 2**20):
         """The tensor in `dtype` on `device`: the zero-copy view when both already match;
-        otherwise a converted copy, after which the pages it was read from are released."""
+        otherwise a converted copy, made chunk_bytes of the file at a time, each chunk's
+        pages released once copied, so the conversion never holds the whole source."""
         view = self.get(key)
-        out = view.to(device=device or "cpu", dtype=dtype or view.dtype)
-        if out.data_ptr() != view.data_ptr():
-            self.release(key)
+        dtype, device = dtype or view.dtype, torch.device(device or "cpu")
+        if view.dtype == dtype and device.type == "cpu":
+            return view
+        out = torch.empty(view.shape, dtype=dtype, device=device)
+        if view.dim() == 0 or view.numel() == 0:
+            return out.copy_(view)
+        _, _, _, _, begin, end = self._entry(key)
+        row_bytes = (end - begin) // view.shape[0]
+        step = max(1, chunk_bytes // max(row_bytes, 1))
+        for i in range(0, view.shape[0], step):
+            j = min(i + step, view.shape[0])
+            out[i:j].copy_(view[i:j])
+            self._release(key, begin + i * row_bytes, begin + j * row_bytes)
         return out
 
     def release(self, key):
         """Drops the resident pages lying wholly inside key's bytes; untouched data is read
         from disk again if the tensor is used later (views of it stay valid)."""
-        _, mm, _, _, begin, end = self._entry(key)
+        _, _, _, _, begin, end = self._entry(key)
+        self._release(key, begin, end)
+
+    def _release(self, key, begin, end):
+        mm = self._entry(key)[1]
         if mm is None or not hasattr(mm, "madvise"):
             return
         page = mmap.PAGESIZE
         first, last = -(-begin // page) * page, end // page * page
         if last > first:
             mm.madvise(mmap.MADV_DONTNEED, first, last - first)
-
 
 def save_safetensors(state_dict, path, metadata=None):
     """Writes state_dict to `path` atomically (a temporary file in the same folder, fsynced,
