@@ -188,11 +188,19 @@ class MappedSafetensors:
             if key in self._entries:
                 raise CheckpointError(f"key {key!r} appears in more than one shard "
                                       f"({self._entries[key][0]!r} and {fn!r})")
-            dtype = SAFETENSORS_DTYPES.get(info.get("dtype")) if isinstance(info, dict) else None
+            if not isinstance(info, dict):
+                raise CheckpointError(f"{fn!r}: header entry {key!r} is not a tensor: {info!r}")
+            dtype = SAFETENSORS_DTYPES.get(info.get("dtype"))
             if dtype is None:
                 raise CheckpointError(f"{fn!r}: tensor {key!r} has an unsupported or missing "
-                                      f"dtype ({info.get('dtype') if isinstance(info, dict) else info!r})")
-            shape, (begin, end) = tuple(info["shape"]), info["data_offsets"]
+                                      f"dtype {info.get('dtype')!r}")
+            shape, offsets = info.get("shape"), info.get("data_offsets")
+            if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)
+                    or not isinstance(offsets, list) or len(offsets) != 2
+                    or not all(isinstance(o, int) for o in offsets)):
+                raise CheckpointError(f"{fn!r}: tensor {key!r} has a malformed shape {shape!r} "
+                                      f"or data_offsets {offsets!r}")
+            shape, (begin, end) = tuple(shape), offsets
             nbytes = math.prod(shape) * dtype.itemsize
             if not 0 <= begin <= end <= data_len or end - begin != nbytes:
                 raise CheckpointError(f"{fn!r}: tensor {key!r} of shape {shape} and dtype "

@@ -350,7 +350,8 @@ def test_missing_unexpected_and_misshapen_keys_are_named(saved, tmp_path):
                                               torch.zeros(24, 47)))
     with pytest.raises(CheckpointError) as e:
         Decoder.from_pretrained(folder)
-    assert "model.layers.0.self_attn.k_proj.weight: checkpoint (24, 47), model (24, 48)" in str(e.value)
+    assert ("model.layers.0.self_attn.k_proj.weight: checkpoint (24, 47), model (24, 48)"
+            in str(e.value))
     hf.save_pretrained(folder)
     rewrite(folder, lambda sd: sd.__setitem__("model.extra.weight", torch.zeros(3)))
     with pytest.raises(CheckpointError, match=r"unexpected keys \['model.extra.weight'\]"):
@@ -436,6 +437,12 @@ def test_mapped_safetensors_rejects_corrupt_files(tmp_path):
     (tmp_path / "json.safetensors").write_bytes(raw[:8] + b"{" * n + raw[8 + n:])
     with pytest.raises(CheckpointError, match="corrupt safetensors header"):
         MappedSafetensors(str(tmp_path / "json.safetensors"))
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2, -3], "data_offsets": [0, 24]}})
+    header = header.ljust(n).encode()[:n] if len(header) <= n else header.encode()
+    bad = len(header).to_bytes(8, "little") + header + raw[8 + n:]
+    (tmp_path / "shape.safetensors").write_bytes(bad)
+    with pytest.raises(CheckpointError, match="malformed shape"):
+        MappedSafetensors(str(tmp_path / "shape.safetensors"))
 
 
 def test_save_safetensors_folder_shards_and_empty_tensors(tmp_path):
@@ -460,3 +467,38 @@ def test_kv_cache_layout():
                         num_heads=6, num_kv_heads=2)
     cache = KVCache(cfg, batch=2, max_len=5)
     assert len(cache.k) == 3 and cache.k[0].shape == (2, 2, 5, 4) and cache.length == 0
+
+
+@pytest.mark.parametrize("case", ["llama3", "phi", "stablelm"])
+def test_gradients_match_hf(saved, case):
+    # Training goes through the same forward: the loss over real tokens of a right-padded
+    # batch back-propagates to the same parameter gradients as HF's.
+    hf, folder = saved(case)
+    ours = Decoder.from_pretrained(folder)
+    assert all(p.requires_grad for p in ours.parameters())
+    ids, mask = padded_batch([9, 4, 6], 9, left=False)
+    targets = torch.randint(0, VOCAB, ids.shape).masked_fill(mask == 0, -100)
+
+    def loss(logits):
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1),
+                                                 ignore_index=-100)
+    loss(ours(ids, attention_mask=mask.bool())).backward()
+    hf.zero_grad()
+    loss(hf(ids, attention_mask=mask).logits).backward()
+    theirs = dict(hf.named_parameters())
+    for name, p in ours.named_parameters():
+        assert rel_err(p.grad, theirs[name].grad) <= 1e-4, name
+    hf.zero_grad()
+
+
+def test_load_into_copies_and_names_problems():
+    from slime_core.checkpoint import load_into
+    lin = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    sd = {"weight": torch.randn(2, 3), "bias": torch.randn(2)}
+    load_into(lin, sd)  # copied and cast to the module's dtype
+    assert lin.weight.dtype == torch.bfloat16
+    torch.testing.assert_close(lin.weight, sd["weight"].bfloat16(), rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match=r"weight: checkpoint \(3, 2\), model \(2, 3\)"):
+        load_into(lin, {"weight": torch.randn(3, 2), "bias": torch.randn(2)})
+    with pytest.raises(CheckpointError, match=r"missing keys \['bias'\]"):
+        load_into(lin, {"weight": torch.randn(2, 3)})

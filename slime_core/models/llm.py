@@ -113,7 +113,7 @@ class DecoderConfig:
                                      ("qk_norm", self.qk_norm, ("", "shared", "per_head"))):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not supported; supported: {allowed}")
-        rope_type = self.rope_scaling.get("rope_type", "default") if self.rope_scaling else "default"
+        rope_type = (self.rope_scaling or {}).get("rope_type", "default")
         if rope_type not in _ROPE_TYPES:
             raise ValueError(f"rope scaling type {rope_type!r} is not supported; "
                              f"supported: {_ROPE_TYPES}")
@@ -215,7 +215,8 @@ class DecoderConfig:
             if self.partial_rotary_factor != 1.0:
                 raise ValueError(f"HF {family} has no partial rotary")
         else:
-            hf.update(layer_norm_eps=self.norm_eps, partial_rotary_factor=self.partial_rotary_factor)
+            hf.update(layer_norm_eps=self.norm_eps,
+                      partial_rotary_factor=self.partial_rotary_factor)
             if self.head_dim != self.hidden_size // self.num_heads:
                 raise ValueError(f"HF {family} derives head_dim from hidden_size")
         if family == "llama":
@@ -414,7 +415,8 @@ class Body(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         # padding_idx as in HF: the pad token's embedding gets no gradient in training.
-        pad = cfg.pad_token_id if cfg.pad_token_id is not None and 0 <= cfg.pad_token_id < cfg.vocab_size else None
+        pad = cfg.pad_token_id
+        pad = pad if pad is not None and 0 <= pad < cfg.vocab_size else None
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=pad)
         self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg.num_layers))
         self.final_norm_name = cfg.names["final_norm"]
@@ -423,7 +425,7 @@ class Body(nn.Module):
 
 # ----------------------------------------------------------------------------- the decoder
 
-def attention_mask_4d(attention_mask, L, past):
+def attention_mask_4d(attention_mask, L, past, device):
     """The mask SDPA gets for L new queries after `past` cached positions.
 
     attention_mask: None or (B, past + L), 1 for real tokens, 0 for padding.
@@ -436,9 +438,8 @@ def attention_mask_4d(attention_mask, L, past):
         if past == 0:
             return "causal"
     S = past + L
-    dev = attention_mask.device if attention_mask is not None else None
-    q_pos = torch.arange(past, S, device=dev)[:, None]           # (L, 1)
-    k_pos = torch.arange(S, device=dev)[None, :]                 # (1, S)
+    q_pos = torch.arange(past, S, device=device)[:, None]        # (L, 1)
+    k_pos = torch.arange(S, device=device)[None, :]              # (1, S)
     allowed = k_pos <= q_pos                                     # (L, S)
     if attention_mask is None:
         return allowed[None, None]
@@ -509,7 +510,7 @@ class Decoder(nn.Module):
                              f"{tuple(position_ids.shape)}")
         position_ids = position_ids.expand(B, L)
         cos, sin = self.rope(position_ids, inputs_embeds.dtype)
-        mask = attention_mask_4d(attention_mask, L, past)
+        mask = attention_mask_4d(attention_mask, L, past, inputs_embeds.device)
         x = inputs_embeds
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache)
