@@ -170,8 +170,14 @@ def test_greedy_generation_matches_hf(saved, case):
         ref_stop = hf.generate(ids, eos_token_id=stop, **kw)[:, 7:]
     got_stop = ours.generate(ids, attention_mask=mask, max_new_tokens=10,
                              stop_token_ids=[stop], pad_token_id=0)
-    print(f"PARITY {case} greedy tokens equal {equal and torch.equal(got_stop, ref_stop)}")
-    assert equal and torch.equal(got_stop, ref_stop)
+    # Unpadded prompts take the mask-free path.
+    with torch.no_grad():
+        ref_full = hf.generate(ids, **{**kw, "attention_mask": torch.ones_like(mask)},
+                               eos_token_id=None)[:, 7:]
+    got_full = ours.generate(ids, max_new_tokens=10, stop_token_ids=[])
+    equal = equal and torch.equal(got_stop, ref_stop) and torch.equal(got_full, ref_full)
+    print(f"PARITY {case} greedy tokens equal {equal}")
+    assert equal
     first = (got_stop[0] == stop).nonzero()[0, 0]
     assert (got_stop[0, first + 1:] == 0).all()
 
@@ -256,6 +262,10 @@ def test_generate_edge_cases(saved):
         ours.generate(ids, do_sample=True, temperature=0)
     with pytest.raises(ValueError, match="exactly one"):
         ours(ids, inputs_embeds=ours.embed_tokens(ids))
+    with pytest.raises(TypeError, match="inputs_embeds must have the model's dtype"):
+        ours(inputs_embeds=ours.embed_tokens(ids).double())
+    with pytest.raises(ValueError, match="inputs_embeds must be"):
+        ours(inputs_embeds=torch.randn(2, 3, 5))
     with pytest.raises(ValueError, match="attention_mask"):
         ours(ids, attention_mask=torch.ones(2, 5))
     cache = ours.new_cache(2, 4)

@@ -24,8 +24,8 @@ Conventions where HF leaves a choice:
   starts at position 0, as in HF's generate); HF's forward uses 0..L-1 whatever the mask.
 - A padded query position attends to itself only, so its (unused) output stays finite
   instead of NaN; real positions never see padding.
-- Inference-only dropout: the HF dropout probabilities (all 0 in the released checkpoints)
-  are not read.
+- No dropout: HF's dropout probabilities (0 in most released configs, resid_pdrop 0.1 in
+  Phi-2's) are not read; they change nothing at inference, and training adds its own.
 """
 import math
 from dataclasses import dataclass, field
@@ -492,6 +492,9 @@ class Decoder(nn.Module):
         elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(f"inputs_embeds must be (B, L, {self.config.hidden_size}), got "
                              f"{tuple(inputs_embeds.shape)}")
+        elif inputs_embeds.dtype != self.lm_head.weight.dtype:
+            raise TypeError(f"inputs_embeds must have the model's dtype "
+                            f"{self.lm_head.weight.dtype}, got {inputs_embeds.dtype}")
         B, L, _ = inputs_embeds.shape
         past = cache.length if cache is not None else 0
         if cache is not None and (cache.batch != B or past + L > cache.max_len):
@@ -576,7 +579,8 @@ class Decoder(nn.Module):
             return out
 
         cache = self.new_cache(B, L + max_new_tokens)
-        mask = attention_mask.long()
+        # Without padding no mask is needed at all, which lets SDPA pick its fused kernels.
+        mask = None if bool(attention_mask.all()) else attention_mask.long()
         h = self.hidden_states(input_ids, inputs_embeds, mask, cache=cache)[:, -1]
         done = torch.zeros(B, dtype=torch.bool, device=device)
         tokens = []
@@ -592,7 +596,8 @@ class Decoder(nn.Module):
             done |= torch.isin(tok, stops)
             if step + 1 == max_new_tokens or bool(done.all()):
                 break
-            mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)
+            if mask is not None:
+                mask = torch.cat((mask, mask.new_ones(B, 1)), dim=1)
             h = self.hidden_states(tok[:, None], attention_mask=mask, cache=cache)[:, -1]
         return torch.stack(tokens, dim=1)
 
