@@ -273,6 +273,21 @@ def test_generate_edge_cases(saved):
         ours(torch.randint(0, VOCAB, (2, 5)), cache=cache)
 
 
+def test_generation_config_sets_the_default_stop_tokens(saved, tmp_path):
+    hf, _ = saved("llama")
+    hf.save_pretrained(str(tmp_path))
+    with open(tmp_path / "generation_config.json", "w") as f:
+        json.dump({"eos_token_id": [5, 9], "pad_token_id": 3}, f)
+    ours = Decoder.from_pretrained(str(tmp_path))
+    assert ours.config.eos_token_id == [5, 9] and ours.config.pad_token_id == 3
+    ids = torch.randint(0, VOCAB, (2, 4))
+    free = ours.generate(ids, max_new_tokens=6, stop_token_ids=[])
+    ours.config.eos_token_id = [int(free[0, 1])]
+    stopped = ours.generate(ids, max_new_tokens=6)  # stops on the config's token by default
+    first = int((stopped[0] == int(free[0, 1])).nonzero()[0, 0])
+    assert (stopped[0, first + 1:] == 3).all()
+
+
 def test_sharded_folder_and_tied_embeddings(saved):
     hf, folder = saved("qwen2")
     index = json.load(open(os.path.join(folder, INDEX_FILE)))

@@ -27,7 +27,9 @@ Conventions where HF leaves a choice:
 - No dropout: HF's dropout probabilities (0 in most released configs, resid_pdrop 0.1 in
   Phi-2's) are not read; they change nothing at inference, and training adds its own.
 """
+import json
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -615,6 +617,15 @@ class Decoder(nn.Module):
         error naming it (and both shapes); nothing is left at random initialisation."""
         hf = read_config(folder)
         cfg = DecoderConfig.from_hf_config(hf)
+        # Chat models list their end-of-turn tokens in generation_config.json (Llama-3
+        # Instruct: 128001 and 128009), which is what generate should stop on.
+        gen_path = os.path.join(folder, "generation_config.json")
+        if os.path.isfile(gen_path):
+            with open(gen_path, encoding="utf-8") as f:
+                gen = json.load(f)
+            for key in ("eos_token_id", "pad_token_id"):
+                if gen.get(key) is not None:
+                    setattr(cfg, key, gen[key])
         if dtype is None:
             dtype = _HF_DTYPES.get(hf.get("torch_dtype") or hf.get("dtype"), torch.float32)
         if dtype not in _HF_DTYPES.values():
