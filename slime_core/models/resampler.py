@@ -164,7 +164,7 @@ class Resampler(nn.Module):
             from slime_core.ops.reference import query_attention_ref
             keep = key_mask.bool() if key_mask is not None else (
                 None if key_padding_mask is None else ~key_padding_mask)
-            out = query_attention_ref(q, k, v, keep)[0]
+            out = query_attention_ref(q, k, v, keep, upcast=False)[0]
         out = self.attn.out_proj(out.transpose(1, 2).reshape(batch, lq, dim))
         out = self.proj(self.ln_post(out))
         return out.squeeze(0) if single else out
