@@ -9,7 +9,7 @@
 
     hf = ImageProcessor.from_hf("llava-v1.6-mistral-7b-hf/")  # or its dict, or HF's processor
     out = hf(images)     # pixel_values (B, max_crops, 3, S, S), zero-padded, as HF's
-    model(**out, input_ids=..., attention_mask=...)           # HF's LlavaNextForConditionalGeneration
+    model(**out, input_ids=...)  # HF's LlavaNextForConditionalGeneration, as HF's output
 
 Plans are computed on the host (slime_core.preprocess.planner); one tile_resize call then
 produces every crop of the batch, bit-exact to the Pillow pipeline it reproduces."""
@@ -92,6 +92,8 @@ class ProcessorOutput(collections.abc.Mapping):
         with the padding rows or columns removed, plus one newline token per remaining row.
         Defaults: the llava-v1.6 checkpoints' (14-pixel patches, CLS dropped by the "default"
         feature selection, one additional CLS token). Returns a list of B ints."""
+        if not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
         if vision_feature_select_strategy not in ("default", "full"):
             raise ValueError("vision_feature_select_strategy must be 'default' or 'full', got "
                              f"{vision_feature_select_strategy!r}")
@@ -260,10 +262,11 @@ class ImageProcessor:
         Maps image_grid_pinpoints ((height, width) pairs) to pinpoints_hw, crop_size to
         tile_size, image_mean / image_std, resample (3: bicubic, 2: bilinear), do_pad to
         layout "hf", do_convert_rgb to alpha "white" (transformers 5's compositing; pass
-        alpha="drop" to match transformers 4.x, which drops the alpha band). Raises ValueError naming the key for
-        any setting whose output it would not reproduce: non-square or unequal size and
-        crop_size (a centre crop that cuts), another resample, rescale_factor other than
-        1/255, do_rescale / do_convert_rgb / do_pad False, unknown keys.
+        alpha="drop" to match transformers 4.x, which drops the alpha band). Raises
+        ValueError naming the key for any setting whose output it would not reproduce:
+        non-square or unequal size and crop_size (a centre crop that cuts), another resample,
+        rescale_factor other than 1/255, do_rescale / do_convert_rgb / do_pad False, unknown
+        keys.
 
         Note HF's processor guesses the channel axis of numpy arrays: an (H, W, 3) array with
         H of 1, 3 or 4 is read as channels-first. Arrays given here are always (H, W, 3)."""
