@@ -118,6 +118,8 @@ def test_unordered_sizes_are_refused():
         plan_pinpoints(10, 10, pinpoints_hw=[[336, 500]])
     with pytest.raises(ValueError, match="empty"):
         plan_pinpoints(10, 10, pinpoints_wh=[])
+    with pytest.raises(TypeError, match=r"pinpoints_hw must be a list of \(height, width\)"):
+        ImageProcessor(planner="pinpoints", pinpoints_hw=[336, 672])
 
 
 def test_image_sizes_are_height_width(rng):
@@ -251,7 +253,7 @@ def test_from_hf_matches_transformers_v16(transformers, rng):
     hf = hf_image_processor(transformers, V16_HF_CONFIG)
     ours = ImageProcessor.from_hf(hf)
     assert repr(ours) == repr(ImageProcessor.from_hf(V16_HF_CONFIG))
-    sizes = SIZES + random_sizes(rng, 12)
+    sizes = SIZES + random_sizes(rng, 12) + random_sizes(rng, 4, 337)  # + ties
     pils = [Image.fromarray(rand_image(w, h, rng)) for w, h in sizes]
     got = check_same_as_hf(hf, ours, pils)
     # The ties are where HF and the original code part: HF reads the list as (h, w).

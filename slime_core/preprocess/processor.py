@@ -125,8 +125,6 @@ class ProcessorOutput(collections.abc.Mapping):
                 + tokens_per_tile * plan.grid_w * plan.grid_h for plan in self.plans]
 
 
-_UNSET = object()
-
 # HF's LLaVA-NeXT image processor class defaults, used for keys a config leaves out.
 _HF_DEFAULTS = {
     "do_resize": True, "size": {"shortest_edge": 224}, "resample": 3, "do_center_crop": True,
@@ -179,6 +177,15 @@ def _square(name, size):
                      "square: {'shortest_edge': S} or {'height': S, 'width': S}")
 
 
+def _pairs(name, value, order):
+    if value is None:
+        return None
+    try:
+        return tuple(tuple(p) for p in value)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of {order} pairs, got {value!r}") from None
+
+
 class ImageProcessor:
     """Images -> the vision tower's pixel values: each image is planned (a global view and a
     grid of tile_size x tile_size tiles), then one tile_resize call resizes, pads, normalises
@@ -224,8 +231,8 @@ class ImageProcessor:
         self.mean, self.std, self.dtype, self.global_view = tuple(mean), tuple(std), dtype, \
             global_view
         self.grid_wh = tuple(grid_wh)
-        self.pinpoints_wh = None if pinpoints_wh is None else tuple(map(tuple, pinpoints_wh))
-        self.pinpoints_hw = None if pinpoints_hw is None else tuple(map(tuple, pinpoints_hw))
+        self.pinpoints_wh = _pairs("pinpoints_wh", pinpoints_wh, "(width, height)")
+        self.pinpoints_hw = _pairs("pinpoints_hw", pinpoints_hw, "(height, width)")
         self.layout, self.alpha, self.device, self.max_side = layout, alpha, device, max_side
         if planner not in _planner.PLANNERS:
             raise ValueError(f"planner must be one of {sorted(_planner.PLANNERS)}, got "
