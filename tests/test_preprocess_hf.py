@@ -222,6 +222,12 @@ def test_from_hf_sources(tmp_path):
         ImageProcessor.from_hf(tmp_path / "bad.json")
     with pytest.raises(TypeError, match="from_hf takes"):
         ImageProcessor.from_hf(12)
+    # transformers 5 saves a processor's settings in processor_config.json, nested.
+    nested = tmp_path / "v5"
+    nested.mkdir()
+    (nested / "processor_config.json").write_text(json.dumps(
+        {"image_processor": V16_HF_CONFIG, "patch_size": 14, "processor_class": "P"}))
+    assert repr(ImageProcessor.from_hf(nested)) == repr(proc)
 
 
 # ---- against HF transformers ----
@@ -332,12 +338,16 @@ def tiny_tokenizer(transformers):
 
 
 @pytest.mark.parametrize("strategy,extra", [("default", 1), ("full", 0), ("default", 0)])
-def test_image_tokens_match_llava_next_processor(transformers, strategy, extra, rng):
+def test_image_tokens_match_llava_next_processor(transformers, strategy, extra, tmp_path,
+                                                 rng):
     hf = hf_image_processor(transformers, V16_HF_CONFIG)
     proc = transformers.LlavaNextProcessor(
         image_processor=hf, tokenizer=tiny_tokenizer(transformers), patch_size=14,
         vision_feature_select_strategy=strategy, num_additional_image_tokens=extra)
     ours = ImageProcessor.from_hf(hf)
+    assert repr(ImageProcessor.from_hf(proc)) == repr(ours)
+    proc.save_pretrained(tmp_path)
+    assert repr(ImageProcessor.from_hf(tmp_path)) == repr(ours)
     sizes = SIZES + [(h, w) for w, h in SIZES] + random_sizes(rng, 8, 3000)
     images = [np.zeros((h, w, 3), np.uint8) + 7 for w, h in sizes]
     pils = [Image.fromarray(a) for a in images]

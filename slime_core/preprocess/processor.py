@@ -144,24 +144,34 @@ _HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
 def _hf_config(obj):
-    """HF image processor config as a dict, from a processor, a dict, or a path."""
+    """HF image processor config as a dict, from an image processor or a processor holding one,
+    a dict, or a path (preprocessor_config.json, or transformers 5's processor_config.json,
+    where the image processor's settings sit under "image_processor")."""
     if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        return obj.to_dict()
-    if isinstance(obj, collections.abc.Mapping):
-        return dict(obj)
-    if isinstance(obj, (str, os.PathLike)):
+        cfg = obj.to_dict()
+    elif isinstance(obj, collections.abc.Mapping):
+        cfg = dict(obj)
+    elif isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
         if os.path.isdir(path):
-            path = os.path.join(path, "preprocessor_config.json")
+            names = ("preprocessor_config.json", "processor_config.json")
+            found = [n for n in names if os.path.isfile(os.path.join(path, n))]
+            path = os.path.join(path, found[0] if found else names[0])
         try:
             with open(path, encoding="utf-8") as f:
-                return json.load(f)
+                cfg = json.load(f)
         except FileNotFoundError:
             raise FileNotFoundError(f"from_hf: no such file {path}") from None
         except json.JSONDecodeError as e:
             raise ValueError(f"from_hf: {path} is not valid JSON ({e})") from None
-    raise TypeError("from_hf takes an HF image processor, its config dict, or a path to "
-                    f"preprocessor_config.json or its folder; got {type(obj).__name__}")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"from_hf: {path} does not hold a JSON object")
+    else:
+        raise TypeError("from_hf takes an HF image processor (or a processor holding one), its "
+                        "config dict, or a path to preprocessor_config.json / "
+                        f"processor_config.json or their folder; got {type(obj).__name__}")
+    nested = cfg.get("image_processor")
+    return dict(nested) if isinstance(nested, collections.abc.Mapping) else cfg
 
 
 def _square(name, size):
@@ -263,9 +273,10 @@ class ImageProcessor:
         """An ImageProcessor that reproduces an HF LLaVA-NeXT image processor bit for bit
         (pixel_values and image_sizes, ties between pinpoints included).
 
-        obj: HF's LlavaNextImageProcessor / LlavaNextImageProcessorPil instance, its config dict,
-             or a path to its preprocessor_config.json (or the folder holding it); the dict and
-             path forms need no transformers. Keys it leaves out take HF's class defaults.
+        obj: HF's LlavaNextImageProcessor / LlavaNextImageProcessorPil (or a LlavaNextProcessor
+             holding one), its config dict, or a path to preprocessor_config.json,
+             processor_config.json or the folder holding them; the dict and path forms need no
+             transformers. Keys the config leaves out take HF's class defaults.
         Maps image_grid_pinpoints ((height, width) pairs) to pinpoints_hw, crop_size to
         tile_size, image_mean / image_std, resample (3: bicubic, 2: bilinear), do_pad to
         layout "hf", do_convert_rgb to alpha "white" (transformers 5's compositing; pass
