@@ -193,6 +193,8 @@ def test_layout_hf_empty_batch():
     ({"crop_size": {"height": 336, "width": 300}}, "crop_size"),
     ({"size": {"shortest_edge": 336, "longest_edge": 1000}}, "size"),
     ({"resample": 1}, "resample"), ({"resample": 0}, "resample"), ({"resample": None}, "resample"),
+    ({"resample": "bicubic"}, "resample"), ({"data_format": "channels_last"}, "data_format"),
+    ({"pad_size": {"height": 672, "width": 672}}, "pad_size"),
     ({"rescale_factor": 1 / 256}, "rescale_factor"), ({"do_rescale": False}, "do_rescale"),
     ({"do_pad": False}, "do_pad"), ({"do_convert_rgb": False}, "do_convert_rgb"),
     ({"image_processor_type": "LlavaOnevisionImageProcessor"}, "image_processor_type"),

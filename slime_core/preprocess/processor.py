@@ -139,7 +139,7 @@ _HF_TYPES = ("LlavaNextImageProcessor", "LlavaNextImageProcessorPil",
 # matter for shapes this constructor already requires).
 _HF_INERT = ("image_processor_type", "processor_class", "default_to_square", "data_format",
              "input_data_format", "return_tensors", "device", "disable_grouping",
-             "aspect_ratio_setting", "pad_size")
+             "image_seq_length", "aspect_ratio_setting", "pad_size")
 _HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
 
 
@@ -301,6 +301,9 @@ class ImageProcessor:
                              "change the output")
         if cfg.get("pad_size") is not None:
             raise ValueError(f"from_hf: pad_size={cfg['pad_size']!r} is not supported")
+        if cfg.get("data_format") not in (None, "channels_first"):
+            raise ValueError(f"from_hf: data_format={cfg['data_format']!r}; only channels_first "
+                             "(C, H, W) crops are produced")
         cfg = {**_HF_DEFAULTS, **{k: v for k, v in cfg.items() if k in _HF_DEFAULTS}}
         tile = _square("crop_size", cfg["crop_size"])
         side = _square("size", cfg["size"])
@@ -309,7 +312,10 @@ class ImageProcessor:
             raise ValueError(f"from_hf: size {cfg['size']} and crop_size {cfg['crop_size']} "
                              "differ; only equal sizes (no centre crop) are reproduced")
         resample = cfg["resample"]
-        resample = None if resample is None or isinstance(resample, bool) else int(resample)
+        try:  # an int or PIL's Resampling enum; torchvision's InterpolationMode is not Pillow's
+            resample = None if isinstance(resample, bool) else int(resample)
+        except (TypeError, ValueError):
+            resample = None
         if resample not in _HF_RESAMPLE:
             raise ValueError(f"from_hf: resample={cfg['resample']!r}; only 3 (bicubic) and 2 "
                              "(bilinear) are reproduced")
