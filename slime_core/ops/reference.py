@@ -30,7 +30,7 @@ def tile_resize_ref(image, plan, filter="bicubic", mean=None, std=None, dtype=to
     if plan.global_view:
         crops.append(np.asarray(im.resize((S, S), resample)))
     if plan.grid_w:
-        canvas = Image.new("RGB", plan.canvas, (0, 0, 0))
+        canvas = Image.new("RGB", plan.canvas_wh, (0, 0, 0))
         canvas.paste(im.resize((plan.new_w, plan.new_h), resample), (plan.off_x, plan.off_y))
         for ty in range(plan.grid_h):
             for tx in range(plan.grid_w):
