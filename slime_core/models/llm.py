@@ -419,7 +419,15 @@ class Body(nn.Module):
         # padding_idx as in HF: the pad token's embedding gets no gradient in training.
         pad = cfg.pad_token_id
         pad = pad if pad is not None and 0 <= pad < cfg.vocab_size else None
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=pad)
+        weight = torch.empty(cfg.vocab_size, cfg.hidden_size)
+        if weight.device.type != "meta":
+            # HF's initialisation (N(0, 0.02)). Skipped on 'meta', where torch would first
+            # import its decompositions (seconds, tens of MB) to fill a tensor with no values.
+            nn.init.normal_(weight, std=0.02)
+            if pad is not None:
+                weight[pad].zero_()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=pad,
+                                         _weight=weight)
         self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg.num_layers))
         self.final_norm_name = cfg.names["final_norm"]
         self.add_module(self.final_norm_name, make_norm(cfg, cfg.hidden_size))
