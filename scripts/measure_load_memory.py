@@ -7,7 +7,8 @@ index) and loads it in fresh subprocesses, each reporting its peak RSS (ru_maxrs
 counts mapped file pages as well as allocations) after a forward pass and a sum over
 every weight (so every page of the file has been read):
 - mmap:      Decoder.from_pretrained, float32 (the file's dtype: parameters are the mapped pages)
-- mmap-bf16: Decoder.from_pretrained, bfloat16 (converted tensor by tensor, pages released)
+- mmap-bf16: Decoder.from_pretrained, bfloat16 (converted 64 MiB at a time, those pages
+             released)
 - naive:     build the model (random init), then load_state_dict(safetensors load_file)
 The import baseline (torch etc.) is measured in each subprocess and subtracted. "after load"
 is the peak before any weight is read: mapped pages become resident only when touched.
@@ -76,12 +77,13 @@ def main():
     ap.add_argument("--child", nargs=2, metavar=("FOLDER", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return load(*args.child)
+        folder, mode = args.child
+        return write_checkpoint(folder) if mode == "write" else load(folder, mode)
     folder = args.dir or tempfile.mkdtemp(prefix="slime-mem-")
     try:
-        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
-                        "from scripts.measure_load_memory import write_checkpoint; "
-                        "write_checkpoint(%r)" % (os.getcwd(), folder)], check=True)
+        # Written by another process, so that none of the measured ones ever held it.
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--child", folder, "write"],
+                       check=True)
         size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
                    if n.endswith(".safetensors"))
         print(f"checkpoint: {folder}, {size / 2**20:.0f} MiB of safetensors "

@@ -411,6 +411,8 @@ def test_unsupported_configurations_are_refused():
     qwen = CASES["qwen2"]().to_dict()
     with pytest.raises(ValueError, match="sliding-window"):
         DecoderConfig.from_hf_config({**qwen, "use_sliding_window": True})
+    with pytest.raises(ValueError, match=r"lacks \['hidden_size'\]"):
+        DecoderConfig.from_hf_config({k: v for k, v in base.items() if k != "hidden_size"})
     with pytest.raises(ValueError, match="num_kv_heads"):
         DecoderConfig(hidden_size=64, num_heads=4, num_kv_heads=3)
     with pytest.raises(TypeError, match="DecoderConfig"):

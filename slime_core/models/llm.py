@@ -141,6 +141,11 @@ class DecoderConfig:
         family = hf.get("model_type")
         if family not in FAMILIES:
             raise ValueError(f"model_type {family!r} is not supported; supported: {FAMILIES}")
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads")
+        missing = [k for k in required if k not in hf]
+        if missing:
+            raise ValueError(f"the {family} config lacks {missing}")
         heads = hf["num_attention_heads"]
         rope = dict(hf.get("rope_scaling") or {})
         rope.update(hf.get("rope_parameters") or {})
