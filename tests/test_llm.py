@@ -319,17 +319,24 @@ def test_save_pretrained_round_trip_through_hf(saved, case, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_loads_and_runs(saved, dtype, tmp_path):
-    hf, folder = saved("llama3")
-    ref = Decoder.from_pretrained(folder)
+@pytest.mark.parametrize("case", ["llama3", "phi", "stablelm"])
+def test_half_precision_error_is_within_twice_hf_s(saved, case, dtype, tmp_path):
+    # Against HF in float32, our half-precision logits are at most twice as far off as HF's
+    # own in the same dtype (measured ratios: 0.7 to 1.4).
+    hf, folder = saved(case)
     ours = Decoder.from_pretrained(folder, dtype=dtype)  # converted from the float32 file
     assert all(p.dtype == dtype for p in ours.parameters())
-    ids, mask = padded_batch([8, 5], 8, left=True)
+    hf_half = T.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
+                                                     attn_implementation="eager").eval()
+    ids, mask = padded_batch([8, 5, 1], 8, left=True)
+    pos, real = positions(mask), mask.bool()
     with torch.no_grad():
-        a, b = ours(ids, attention_mask=mask), ref(ids, attention_mask=mask)
+        exact = hf(ids, attention_mask=mask, position_ids=pos).logits[real]
+        theirs = hf_half(ids, attention_mask=mask, position_ids=pos).logits[real]
+        a = ours(ids, attention_mask=mask)
     assert a.dtype == dtype and torch.isfinite(a).all()
-    assert rel_err(a[mask.bool()], b[mask.bool()]) < 5e-2
-    assert ours.generate(ids, attention_mask=mask, max_new_tokens=4).shape[0] == 2
+    assert rel_err(a[real], exact) <= 2 * rel_err(theirs, exact)
+    assert ours.generate(ids, attention_mask=mask, max_new_tokens=4).shape[0] == 3
     # A half-precision save loads back bit for bit, in the file's dtype by default.
     ours.save_pretrained(str(tmp_path))
     back = Decoder.from_pretrained(str(tmp_path))
