@@ -627,7 +627,9 @@ class Decoder(nn.Module):
         The model is built on the meta device and each parameter is taken from the
         memory-mapped file (zero-copy when the dtype matches on the CPU), so peak memory
         stays near the checkpoint's size. A missing, unexpected or misshapen key is an
-        error naming it (and both shapes); nothing is left at random initialisation."""
+        error naming it (and both shapes); nothing is left at random initialisation.
+        strict=False lets unexpected keys through (missing ones are still errors).
+        Stop and pad tokens come from config.json, overridden by generation_config.json."""
         hf = read_config(folder)
         cfg = DecoderConfig.from_hf_config(hf)
         # Chat models list their end-of-turn tokens in generation_config.json (Llama-3
