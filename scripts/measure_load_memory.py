@@ -7,9 +7,11 @@ index) and loads it in fresh subprocesses, each reporting its peak RSS (ru_maxrs
 counts mapped file pages as well as allocations) after a forward pass and a sum over
 every weight (so every page of the file has been read):
 - mmap:      Decoder.from_pretrained, float32 (the file's dtype: parameters are the mapped pages)
-- mmap-bf16: Decoder.from_pretrained, bfloat16 (converted tensor by tensor, pages released)
+- mmap-bf16: Decoder.from_pretrained, bfloat16 (converted 64 MiB at a time, those pages
+             released)
 - naive:     build the model (random init), then load_state_dict(safetensors load_file)
-The import baseline (torch etc.) is measured in each subprocess and subtracted.
+The import baseline (torch etc.) is measured in each subprocess and subtracted. "after load"
+is the peak before any weight is read: mapped pages become resident only when touched.
 """
 import argparse
 import json
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -45,6 +48,7 @@ def write_checkpoint(folder):
 def load(folder, mode):
     """Runs in the subprocess: loads, reads every weight, prints a JSON line."""
     base = rss_kib()
+    start = time.perf_counter()
     if mode == "naive":
         from safetensors.torch import load_file
         from slime_core.checkpoint import safetensors_files
@@ -54,6 +58,7 @@ def load(folder, mode):
     else:
         dtype = torch.bfloat16 if mode == "mmap-bf16" else torch.float32
         model = Decoder.from_pretrained(folder, dtype=dtype)
+    load_s = time.perf_counter() - start
     after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with torch.no_grad():  # every weight is read, so every mapped page is resident
         logits = model(torch.arange(8)[None])
@@ -62,7 +67,7 @@ def load(folder, mode):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"mode": mode, "baseline_kib": base, "peak_after_load_kib": after_load,
-                      "peak_kib": peak, "model_bytes": params}))
+                      "peak_kib": peak, "model_bytes": params, "load_s": load_s}))
 
 
 def main():
@@ -72,18 +77,19 @@ def main():
     ap.add_argument("--child", nargs=2, metavar=("FOLDER", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return load(*args.child)
+        folder, mode = args.child
+        return write_checkpoint(folder) if mode == "write" else load(folder, mode)
     folder = args.dir or tempfile.mkdtemp(prefix="slime-mem-")
     try:
-        subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
-                        "from scripts.measure_load_memory import write_checkpoint; "
-                        "write_checkpoint(%r)" % (os.getcwd(), folder)], check=True)
+        # Written by another process, so that none of the measured ones ever held it.
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--child", folder, "write"],
+                       check=True)
         size = sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder)
                    if n.endswith(".safetensors"))
         print(f"checkpoint: {folder}, {size / 2**20:.0f} MiB of safetensors "
               f"({', '.join(sorted(os.listdir(folder)))})")
         print(f"{'mode':10s} {'peak-base MiB':>14s} {'x file':>7s} {'after load MiB':>15s} "
-              f"{'model MiB':>10s}")
+              f"{'model MiB':>10s} {'load s':>7s}")
         for mode in ("mmap", "mmap-bf16", "naive"):
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", folder,
                                   mode], check=True, capture_output=True, text=True).stdout
@@ -91,7 +97,7 @@ def main():
             peak = (r["peak_kib"] - r["baseline_kib"]) / 1024
             load_only = (r["peak_after_load_kib"] - r["baseline_kib"]) / 1024
             print(f"{mode:10s} {peak:14.0f} {peak * 2**20 / size:7.2f} {load_only:15.0f} "
-                  f"{r['model_bytes'] / 2**20:10.0f}")
+                  f"{r['model_bytes'] / 2**20:10.0f} {r['load_s']:7.2f}")
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

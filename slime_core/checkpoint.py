@@ -16,8 +16,9 @@ Only torch and safetensors are needed; nothing is downloaded.
 Why memory-mapped loading: a model built on the meta device and filled from
 MappedSafetensors holds the checkpoint's pages once, as its own parameters (a private,
 copy-on-write mapping, so writing to a parameter never writes the file), instead of a read
-copy plus a model copy. A tensor that has to be converted is copied once and its mapped pages
-are released at once, so the peak stays near the size of the loaded model.
+copy plus a model copy. A tensor that has to be converted (dtype, device) is copied 64 MiB at
+a time, each chunk's mapped pages released once copied, so the peak stays near the size of
+the loaded model.
 """
 import json
 import math

@@ -319,17 +319,24 @@ def test_save_pretrained_round_trip_through_hf(saved, case, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_loads_and_runs(saved, dtype, tmp_path):
-    hf, folder = saved("llama3")
-    ref = Decoder.from_pretrained(folder)
+@pytest.mark.parametrize("case", ["llama3", "phi", "stablelm"])
+def test_half_precision_error_is_within_twice_hf_s(saved, case, dtype, tmp_path):
+    # Against HF in float32, our half-precision logits are at most twice as far off as HF's
+    # own in the same dtype (measured ratios: 0.7 to 1.4).
+    hf, folder = saved(case)
     ours = Decoder.from_pretrained(folder, dtype=dtype)  # converted from the float32 file
     assert all(p.dtype == dtype for p in ours.parameters())
-    ids, mask = padded_batch([8, 5], 8, left=True)
+    hf_half = T.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype,
+                                                     attn_implementation="eager").eval()
+    ids, mask = padded_batch([8, 5, 1], 8, left=True)
+    pos, real = positions(mask), mask.bool()
     with torch.no_grad():
-        a, b = ours(ids, attention_mask=mask), ref(ids, attention_mask=mask)
+        exact = hf(ids, attention_mask=mask, position_ids=pos).logits[real]
+        theirs = hf_half(ids, attention_mask=mask, position_ids=pos).logits[real]
+        a = ours(ids, attention_mask=mask)
     assert a.dtype == dtype and torch.isfinite(a).all()
-    assert rel_err(a[mask.bool()], b[mask.bool()]) < 5e-2
-    assert ours.generate(ids, attention_mask=mask, max_new_tokens=4).shape[0] == 2
+    assert rel_err(a[real], exact) <= 2 * rel_err(theirs, exact)
+    assert ours.generate(ids, attention_mask=mask, max_new_tokens=4).shape[0] == 3
     # A half-precision save loads back bit for bit, in the file's dtype by default.
     ours.save_pretrained(str(tmp_path))
     back = Decoder.from_pretrained(str(tmp_path))
@@ -411,6 +418,8 @@ def test_unsupported_configurations_are_refused():
     qwen = CASES["qwen2"]().to_dict()
     with pytest.raises(ValueError, match="sliding-window"):
         DecoderConfig.from_hf_config({**qwen, "use_sliding_window": True})
+    with pytest.raises(ValueError, match=r"lacks \['hidden_size'\]"):
+        DecoderConfig.from_hf_config({k: v for k, v in base.items() if k != "hidden_size"})
     with pytest.raises(ValueError, match="num_kv_heads"):
         DecoderConfig(hidden_size=64, num_heads=4, num_kv_heads=3)
     with pytest.raises(TypeError, match="DecoderConfig"):

@@ -141,6 +141,11 @@ class DecoderConfig:
         family = hf.get("model_type")
         if family not in FAMILIES:
             raise ValueError(f"model_type {family!r} is not supported; supported: {FAMILIES}")
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                    "num_attention_heads")
+        missing = [k for k in required if k not in hf]
+        if missing:
+            raise ValueError(f"the {family} config lacks {missing}")
         heads = hf["num_attention_heads"]
         rope = dict(hf.get("rope_scaling") or {})
         rope.update(hf.get("rope_parameters") or {})
@@ -419,7 +424,15 @@ class Body(nn.Module):
         # padding_idx as in HF: the pad token's embedding gets no gradient in training.
         pad = cfg.pad_token_id
         pad = pad if pad is not None and 0 <= pad < cfg.vocab_size else None
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=pad)
+        weight = torch.empty(cfg.vocab_size, cfg.hidden_size)
+        if weight.device.type != "meta":
+            # HF's initialisation (N(0, 0.02)). Skipped on 'meta', where torch would first
+            # import its decompositions (seconds, tens of MB) to fill a tensor with no values.
+            nn.init.normal_(weight, std=0.02)
+            if pad is not None:
+                weight[pad].zero_()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=pad,
+                                         _weight=weight)
         self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg.num_layers))
         self.final_norm_name = cfg.names["final_norm"]
         self.add_module(self.final_norm_name, make_norm(cfg, cfg.hidden_size))
@@ -614,7 +627,9 @@ class Decoder(nn.Module):
         The model is built on the meta device and each parameter is taken from the
         memory-mapped file (zero-copy when the dtype matches on the CPU), so peak memory
         stays near the checkpoint's size. A missing, unexpected or misshapen key is an
-        error naming it (and both shapes); nothing is left at random initialisation."""
+        error naming it (and both shapes); nothing is left at random initialisation.
+        strict=False lets unexpected keys through (missing ones are still errors).
+        Stop and pad tokens come from config.json, overridden by generation_config.json."""
         hf = read_config(folder)
         cfg = DecoderConfig.from_hf_config(hf)
         # Chat models list their end-of-turn tokens in generation_config.json (Llama-3
