@@ -210,6 +210,7 @@ class MappedSafetensors:
             self._entries[key] = (fn, mm, dtype, shape, data_start + begin, data_start + end)
 
     def keys(self):
+        """The tensor names in the mapped files."""
         return list(self._entries)
 
     def __contains__(self, key):
@@ -224,9 +225,11 @@ class MappedSafetensors:
         return self._entries[key]
 
     def shape(self, key):
+        """The shape of tensor `key`, from the header (nothing is read)."""
         return torch.Size(self._entry(key)[3])
 
     def dtype(self, key):
+        """The torch dtype of tensor `key`, from the header."""
         return self._entry(key)[2]
 
     def get(self, key):

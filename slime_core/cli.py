@@ -50,11 +50,13 @@ def _prompt_ids(tok, template, prompt):
 
 
 def cmd_info(args):
+    """`slime info`: prints slime_core.info (or its JSON)."""
     from slime_core import info
     return info.main(["--json"] if args.json else [])
 
 
 def cmd_generate(args):
+    """`slime generate`: the model's answer to a prompt about one image."""
     import torch
     model, tok, proc = _load(args)
     images = proc([_existing(args.image, "image")])
@@ -69,6 +71,7 @@ def cmd_generate(args):
 
 
 def cmd_explain(args):
+    """`slime explain`: a PNG of the grid, the tiles and the local tokens kept."""
     import torch
 
     from slime_core.explain import draw_selection
@@ -93,6 +96,7 @@ def cmd_explain(args):
 
 
 def cmd_bench(args):
+    """`slime bench ...`: python -m bench from the source checkout."""
     import runpy
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if not os.path.isfile(os.path.join(repo, "bench", "__main__.py")):

@@ -163,18 +163,22 @@ class Tokenizer:
     # ---- ids of the special tokens -------------------------------------------------------
     @property
     def bos_id(self):
+        """The beginning-of-sequence id, or None."""
         return self._ids["bos_token"]
 
     @property
     def eos_id(self):
+        """The end-of-sequence id, or None."""
         return self._ids["eos_token"]
 
     @property
     def pad_id(self):
+        """The padding id from the config, or None."""
         return self._ids["pad_token"]
 
     @property
     def unk_id(self):
+        """The unknown-token id, or None."""
         return self._ids["unk_token"]
 
     @property
@@ -192,9 +196,11 @@ class Tokenizer:
 
     @property
     def max_id(self):
+        """The largest id the tokenizer can produce (check_fits compares it)."""
         return self._max_id
 
     def token_to_id(self, token):
+        """The id of a token string, or None."""
         return self._backend.token_to_id(token)
 
     def check_fits(self, num_embeddings):
@@ -221,6 +227,8 @@ class Tokenizer:
         return enc.ids, enc.offsets
 
     def decode(self, ids, skip_special_tokens=True):
+        """Text of `ids` (special tokens dropped unless asked); ids outside the vocabulary
+        are an error."""
         ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i <= self._max_id]
         if bad:
@@ -256,6 +264,7 @@ class Template:
 
     @property
     def stop(self):
+        """The string that ends an answer (generation stops on it)."""
         return self.answer_end
 
 
@@ -263,6 +272,7 @@ _TEMPLATES = {}
 
 
 def register_template(template):
+    """Adds a Template under its exact name (a duplicate name is an error)."""
     if not isinstance(template, Template):
         raise TypeError(f"template must be a Template, got {type(template).__name__}")
     if template.name in _TEMPLATES:
@@ -272,12 +282,14 @@ def register_template(template):
 
 
 def get_template(name):
+    """The Template registered as `name` (an unknown name lists the known ones)."""
     if name not in _TEMPLATES:
         raise ValueError(f"unknown template {name!r}; known: {sorted(_TEMPLATES)}")
     return _TEMPLATES[name]
 
 
 def template_names():
+    """The registered template names, sorted."""
     return sorted(_TEMPLATES)
 
 

@@ -69,6 +69,7 @@ _SDPA_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
 
 @dataclass
 class DecoderConfig:
+    """The decoder's shape and family switches (from_hf_config reads HF's config.json)."""
     model_type: str = "llama"          # HF family: llama, qwen2, phi, stablelm (picks names)
     vocab_size: int = 32000
     hidden_size: int = 4096
@@ -125,10 +126,12 @@ class DecoderConfig:
 
     @property
     def rotary_dim(self):
+        """How many channels of each head RoPE rotates."""
         return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def names(self):
+        """The family's module names (Phi: dense, final_layernorm, ...)."""
         return _NAMES.get(self.model_type, _DEFAULT_NAMES)
 
     @classmethod
@@ -249,12 +252,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):  # (..., dim)
+        """See the class docstring; shapes in the comment."""
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
 
 
 def make_norm(cfg, dim):
+    """RMSNorm or LayerNorm of width dim, as the config says."""
     return RMSNorm(dim, cfg.norm_eps) if cfg.norm == "rms" else nn.LayerNorm(dim, eps=cfg.norm_eps)
 
 
@@ -268,6 +273,7 @@ class PerHeadLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):  # (B, heads, L, head_dim)
+        """See the class docstring; shapes in the comment."""
         w = torch.stack([n.weight for n in self.norms])[:, None, :]  # (heads, 1, head_dim)
         return F.layer_norm(x, x.shape[-1:], eps=self.eps) * w
 
@@ -296,6 +302,7 @@ def rope_inv_freq(cfg):
 
 
 def rotate_half(x):
+    """(x1, x2) -> (-x2, x1) on the last dimension's halves (RoPE)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
@@ -328,6 +335,7 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Self-attention with grouped-query K/V, RoPE and an optional KV cache."""
     def __init__(self, cfg, layer):
         super().__init__()
         self.cfg, self.layer = cfg, layer
@@ -347,6 +355,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, cache):
         # x (B, L, hidden); cos, sin (B, 1, L, rotary_dim); mask: None, "causal" or
         # bool (B, 1, L, S), True = attend
+        """See the class docstring; shapes in the comment."""
         cfg = self.cfg
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, cfg.num_heads, cfg.head_dim).transpose(1, 2)
@@ -381,6 +390,7 @@ class GatedMLP(nn.Module):
         self.act = _ACTS[cfg.hidden_act]
 
     def forward(self, x):
+        """See the class docstring; shapes in the comment."""
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -394,10 +404,12 @@ class FcMLP(nn.Module):
         self.act = _ACTS[cfg.hidden_act]
 
     def forward(self, x):
+        """See the class docstring; shapes in the comment."""
         return self.fc2(self.act(self.fc1(x)))
 
 
 class Layer(nn.Module):
+    """One decoder layer: attention and MLP, sequential or parallel residual."""
     def __init__(self, cfg, layer):
         super().__init__()
         self.parallel = cfg.parallel_residual
@@ -408,6 +420,7 @@ class Layer(nn.Module):
             self.post_attention_layernorm = make_norm(cfg, cfg.hidden_size)
 
     def forward(self, x, cos, sin, mask, cache):  # x (B, L, hidden)
+        """See the class docstring; shapes in the comment."""
         h = self.input_layernorm(x)
         a = self.self_attn(h, cos, sin, mask, cache)
         if self.parallel:
@@ -479,11 +492,13 @@ class Decoder(nn.Module):
         self._inv_freq = rope_inv_freq(cfg)
 
     def tie_weights(self):
+        """Shares lm_head's weight with embed_tokens when the config ties them."""
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @property
     def embed_tokens(self):
+        """The input embedding table (nn.Embedding)."""
         return self.model.embed_tokens
 
     def rope(self, position_ids, dtype):
@@ -548,6 +563,7 @@ class Decoder(nn.Module):
                                                position_ids, cache))
 
     def new_cache(self, batch, max_len):
+        """An empty KVCache for `batch` rows of up to `max_len` positions."""
         p = self.lm_head.weight
         return KVCache(self.config, batch, max_len, dtype=p.dtype, device=p.device)
 

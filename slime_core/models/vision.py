@@ -69,6 +69,7 @@ def _is_int(value):
 @dataclasses.dataclass
 class VisionConfig:
     # Defaults: SliME's tower, CLIP ViT-L/14 at 336 pixels.
+    """A CLIP or SigLIP ViT's shape and switches (from_hf_config reads HF's config.json)."""
     image_size: int = 336            # inputs are exactly image_size x image_size (no interpolation)
     patch_size: int = 14             # conv kernel = stride; image_size // patch_size patches a side
     num_channels: int = 3
@@ -120,6 +121,7 @@ class VisionConfig:
 
     @property
     def num_patches(self):
+        """Patch tokens per image: (image_size // patch_size) ** 2."""
         return (self.image_size // self.patch_size) ** 2
 
     @classmethod
@@ -158,6 +160,7 @@ class Embeddings(nn.Module):
         self.position_embedding = nn.Embedding(config.num_patches + config.class_token, d)
 
     def forward(self, x):  # x: (B, C, S, S) -> (B, T, D), T = patches (+1 class token first)
+        """See the class docstring; shapes in the comment."""
         x = self.patch_embedding(x).flatten(2).transpose(1, 2)  # row-major patches
         if self.class_embedding is not None:
             x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
@@ -165,6 +168,7 @@ class Embeddings(nn.Module):
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention through scaled_dot_product_attention."""
     def __init__(self, config):
         super().__init__()
         d = config.hidden_size
@@ -173,6 +177,7 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(d, d)
 
     def forward(self, x):  # x: (B, T, D)
+        """See the class docstring; shapes in the comment."""
         B, T, D = x.shape
         shape = (B, T, self.num_heads, D // self.num_heads)
         q, k, v = (proj(x).view(shape).transpose(1, 2)  # (B, heads, T, d)
@@ -182,6 +187,7 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """fc1 -> activation -> fc2."""
     def __init__(self, config):
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
@@ -189,6 +195,7 @@ class MLP(nn.Module):
         self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x):
+        """See the class docstring; shapes in the comment."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -203,16 +210,19 @@ class Layer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x):
+        """See the class docstring; shapes in the comment."""
         x = x + self.self_attn(self.layer_norm1(x))
         return x + self.mlp(self.layer_norm2(x))
 
 
 class Encoder(nn.Module):
+    """The transformer layers up to the selected one."""
     def __init__(self, config):
         super().__init__()
         self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_layers_built))
 
     def forward(self, x):
+        """See the class docstring; shapes in the comment."""
         for layer in self.layers:
             x = layer(x)
         return x
@@ -237,10 +247,12 @@ class VisionTower(nn.Module):
 
     @property
     def dtype(self):
+        """The tower's parameter dtype (inputs are cast to it)."""
         return self.embeddings.patch_embedding.weight.dtype
 
     @property
     def device(self):
+        """The tower's device."""
         return self.embeddings.patch_embedding.weight.device
 
     def forward(self, pixel_values):
@@ -275,6 +287,7 @@ class VisionTower(nn.Module):
                              f"{self.device}")
 
     def freeze(self):
+        """Makes every parameter non-trainable (the default); returns self."""
         self.requires_grad_(False)
         return self
 

@@ -37,6 +37,7 @@ class Plan:
 
     @property
     def num_crops(self):
+        """Crops this plan makes: the global view (if any) plus the tiles."""
         return int(self.global_view) + self.grid_w * self.grid_h
 
     @property
