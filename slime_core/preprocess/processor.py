@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from slime_core.ops.tile_resize import CLIP_MEAN, CLIP_STD, MAX_SIDE, tile_resize
+from slime_core.ops.tile_resize import CLIP_MEAN, CLIP_STD, MAX_SIDE, pillow_version, tile_resize
 from slime_core.preprocess import planner as _planner
 from slime_core.preprocess.adapters import to_rgb_tensor
 
@@ -40,6 +40,7 @@ class ImageProcessor:
     pinpoints: tuple = None         # planner "pinpoints": (width, height) pairs in pixels
     device: str = "cpu"             # where the crops are computed and returned
     max_side: int = MAX_SIDE        # larger images are refused (at most MAX_SIDE)
+    pillow: object = "installed"    # whose resize to equal: installed Pillow, 12, 13, "12.1"
 
     def __post_init__(self):
         if self.planner not in _planner.PLANNERS:
@@ -47,6 +48,7 @@ class ImageProcessor:
                              f"{self.planner!r}")
         if not 1 <= self.max_side <= MAX_SIDE:
             raise ValueError(f"max_side must be in [1, {MAX_SIDE}], got {self.max_side}")
+        pillow_version(self.pillow)  # TypeError / ValueError now, not at the first batch
         self.plan(1, 1)  # validates tile_size, grid and pinpoints now, not at the first batch
 
     def plan(self, width, height):
@@ -67,5 +69,6 @@ class ImageProcessor:
         sizes = [(int(t.shape[1]), int(t.shape[0])) for t in tensors]
         plans = [self.plan(w, h) for w, h in sizes]
         pixels, crops = tile_resize(tensors, plans, tile_size=self.tile_size, filter=self.filter,
-                                    mean=self.mean, std=self.std, dtype=self.dtype)
+                                    mean=self.mean, std=self.std, dtype=self.dtype,
+                                    pillow=self.pillow)
         return ProcessorOutput(pixels, crops, [(p.grid_w, p.grid_h) for p in plans], sizes, plans)
