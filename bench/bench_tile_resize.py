@@ -41,7 +41,7 @@ def pillow_pipeline(pil_images, plans, mean=CLIP_MEAN, std=CLIP_STD):
     out = []
     for im, p in zip(pil_images, plans):
         crops = [im.resize((S, S), Image.BICUBIC)]
-        canvas = Image.new("RGB", p.canvas, (0, 0, 0))
+        canvas = Image.new("RGB", p.canvas_wh, (0, 0, 0))
         canvas.paste(im.resize((p.new_w, p.new_h), Image.BICUBIC), (p.off_x, p.off_y))
         crops += [canvas.crop((tx * S, ty * S, (tx + 1) * S, (ty + 1) * S))
                   for ty in range(p.grid_h) for tx in range(p.grid_w)]

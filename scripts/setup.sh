@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
 if ! "$PY" -c "import torch" 2>/dev/null; then
-  "$PY" -m pip install -q "torch==${SLIME_TORCH_VERSION:-2.13.0}"
+  # On plain PyPI this is the CUDA build; SLIME_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+  # gets the CPU-only wheel.
+  "$PY" -m pip install -q "torch==${SLIME_TORCH_VERSION:-2.13.0}" \
+    ${SLIME_TORCH_INDEX_URL:+--index-url "$SLIME_TORCH_INDEX_URL"}
 fi
 "$PY" -m pip install -q -r requirements-test.txt
 MAX_JOBS=${MAX_JOBS:-$(nproc)} "$PY" -m pip install -q --no-build-isolation -e .

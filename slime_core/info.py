@@ -15,6 +15,7 @@ def registered_ops():
 
 
 def gather():
+    """What was built and registered, as a dict (the --json output)."""
     import slime_core
 
     build = slime_core._C.build_info()
@@ -36,6 +37,7 @@ def gather():
 
 
 def main(argv=None):
+    """`python -m slime_core.info [--json]`: prints gather() as a table or as JSON."""
     argv = sys.argv[1:] if argv is None else argv
     info = gather()
     if "--json" in argv:

@@ -1,6 +1,7 @@
 """query_attention (issue 4): the fused learnable-query attention against a float64
 reference, its gradients, its registration (opcheck, fake, compile) and its bad-input errors.
 The Resampler module built on it is tested in tests/test_resampler.py."""
+import functools
 import math
 
 import pytest
@@ -51,7 +52,7 @@ SHAPES = [
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 def test_forward_matches_float64(device, shape, shared, masked):
     q, k, v, mask = make(*shape, shared=shared, device=device, masked=masked)
-    out, lse = query_attention(q, k, v, key_mask=mask, return_lse=True)
+    out, lse = query_attention(q, k, v, key_mask=mask, return_lse=True, allow_fully_masked=True)
     ref, ref_lse = query_attention_ref(q, k, v, mask)
     assert out.shape == ref.shape and out.dtype == q.dtype and lse.dtype == torch.float32
     assert max_err(out, ref) < 2e-5
@@ -74,7 +75,7 @@ def low_precision_errors(dtype, shared, masked, device, shape=(5, 2, 144, 577, 1
         out.backward(g.to(out.dtype))
         return [out] + [t.grad for t in leaves]
 
-    ours = run(lambda a, b, c: query_attention(a, b, c, key_mask=mask), (q, k, v))
+    ours = run(lambda a, b, c: query_attention(a, b, c, key_mask=mask, allow_fully_masked=True), (q, k, v))
     plain = run(lambda a, b, c: query_attention_ref(a, b, c, mask, upcast=False)[0], (q, k, v))
     exact = run(lambda a, b, c: query_attention_ref(a, b, c, mask)[0],
                 (q.double(), k.double(), v.double()))
@@ -103,7 +104,7 @@ def test_gradients_match_float64_autograd(device, shared, masked, shape):
     g = torch.randn(shape[0], shape[1], shape[2], shape[4], device=device)
     g_lse = torch.randn(shape[0], shape[1], shape[2], device=device)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, lse = query_attention(*leaves, key_mask=mask, return_lse=True)
+    out, lse = query_attention(*leaves, key_mask=mask, return_lse=True, allow_fully_masked=True)
     # lse is differentiable too; masked rows' -inf must not leak NaN into the gradients.
     ((out * g).sum() + (torch.where(torch.isfinite(lse), lse, 0) * g_lse).sum()).backward()
     ref_leaves = [t.double().requires_grad_() for t in (q, k, v)]
@@ -129,7 +130,7 @@ def test_float64_matches_float64_reference(shape, shared, masked):
     g_lse = torch.randn(shape[0], shape[1], shape[2], dtype=torch.float64)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     ref_leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    out, lse = query_attention(*leaves, key_mask=mask, return_lse=True)
+    out, lse = query_attention(*leaves, key_mask=mask, return_lse=True, allow_fully_masked=True)
     ref, ref_lse = query_attention_ref(*ref_leaves, mask)
     assert out.dtype == lse.dtype == torch.float64
     finite = torch.isfinite(ref_lse)
@@ -149,7 +150,7 @@ def test_gradcheck(shared):
     inputs = [t.clone().requires_grad_() for t in (q, k, v)]
 
     def f(a, b, c):
-        out, lse = query_attention(a, b, c, key_mask=mask, return_lse=True)
+        out, lse = query_attention(a, b, c, key_mask=mask, return_lse=True, allow_fully_masked=True)
         return out, torch.where(torch.isfinite(lse), lse, 0)  # crop 1 has no key: lse -inf
 
     assert torch.autograd.gradcheck(f, inputs, fast_mode=False)
@@ -174,7 +175,7 @@ def test_backward_is_deterministic():
     grads = []
     for _ in range(2):
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        query_attention(*leaves, key_mask=mask).backward(g)
+        query_attention(*leaves, key_mask=mask, allow_fully_masked=True).backward(g)
         grads.append([t.grad for t in leaves])
     for a, b in zip(*grads):
         assert torch.equal(a, b)
@@ -207,7 +208,7 @@ def test_per_item_q_expanded_over_the_batch(device, batch):
     if batch == 1:  # expand keeps a size-1 dim's stride; a zero one is just as valid there
         q = q.as_strided(q.shape, (0,) + q.stride()[1:])
     assert q.stride(0) == 0
-    out = query_attention(q, k, v, key_mask=mask)
+    out = query_attention(q, k, v, key_mask=mask, allow_fully_masked=True)
     out.backward(g)
     ref_leaf = q3.double().clone().requires_grad_()
     ref = query_attention_ref(ref_leaf.unsqueeze(0).expand(batch, -1, -1, -1), k, v, mask)[0]
@@ -243,12 +244,14 @@ def test_nan_input_propagates():
 
 def test_mask_conventions_agree():
     q, k, v, keep = make(4, 2, 7, 30, 16, masked=True)
-    a = query_attention(q, k, v, key_mask=keep)
-    assert torch.equal(a, query_attention(q, k, v, key_padding_mask=~keep))
+    qa = functools.partial(query_attention, allow_fully_masked=True)
+    a = qa(q, k, v, key_mask=keep)
+    assert torch.equal(a, qa(q, k, v, key_padding_mask=~keep))
+    assert torch.equal(a, qa(q, k, v, key_mask=keep.long()))  # HF's attention_mask
     additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
-    assert torch.equal(a, query_attention(q, k, v, key_mask=additive))
+    assert torch.equal(a, qa(q, k, v, key_mask=additive))
     # MHA's float key_padding_mask is additive as well (0 keeps, -inf drops).
-    assert torch.equal(a, query_attention(q, k, v, key_padding_mask=additive))
+    assert torch.equal(a, qa(q, k, v, key_padding_mask=additive))
     ref = torch.nn.functional.scaled_dot_product_attention(
         q.expand(4, -1, -1, -1), k, v, attn_mask=keep[:, None, None, :])
     assert max_err(a[keep.any(1)], ref[keep.any(1)]) < 2e-5
@@ -287,10 +290,12 @@ def test_bad_inputs_raise_clear_errors():
         query_attention(q[0], k, v)
     with pytest.raises(ValueError, match="device"):
         query_attention(q, k.to("meta"), v)
-    with pytest.raises(ValueError, match=r"key_mask must have shape \[B, Lk\]"):
+    with pytest.raises(ValueError, match=r"key_mask must have shape \(B, Lk\)"):
         query_attention(q, k, v, key_mask=mask[:, :5])
     with pytest.raises(TypeError, match="key_padding_mask must be bool"):
         query_attention(q, k, v, key_padding_mask=mask.int())
+    with pytest.raises(ValueError, match="only hold 1 .keep. and 0"):
+        query_attention(q, k, v, key_mask=mask.int() * 2)
     with pytest.raises(ValueError, match="not both"):
         query_attention(q, k, v, key_mask=mask, key_padding_mask=mask)
     with pytest.raises(ValueError, match="only hold 0"):
@@ -316,7 +321,7 @@ def test_compile_fullgraph(dtype):
     q, k, v, mask = make(3, 2, 7, 20, 16, dtype=dtype, masked=True)
 
     def f(q, k, v):
-        return query_attention(q, k, v, key_mask=mask).float().square().sum()
+        return query_attention(q, k, v, key_mask=mask, allow_fully_masked=True).float().square().sum()
 
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
@@ -330,3 +335,27 @@ def test_compile_fullgraph(dtype):
 def test_default_scale_is_inverse_sqrt_d():
     q, k, v, _ = make(2, 2, 5, 6, 16)
     assert torch.equal(query_attention(q, k, v), query_attention(q, k, v, scale=1 / math.sqrt(16)))
+
+
+def test_fully_masked_item_is_an_error_naming_the_convention():
+    # An inverted mask (a keep mask passed as padding, or the reverse) typically drops every
+    # key of an unpadded item: all-zero output, which must not pass silently.
+    q, k, v, _ = make(3, 2, 7, 10, 16)
+    keep = torch.ones(3, 10, dtype=torch.bool)
+    keep[2, 7:] = False
+    with pytest.raises(ValueError, match=r"item\(s\) \[0, 1\].*True = ignore; a keep mask"):
+        query_attention(q, k, v, key_padding_mask=keep)
+    with pytest.raises(ValueError, match=r"item\(s\) \[0, 1\].*True = keep; a padding mask"):
+        query_attention(q, k, v, key_mask=~keep)
+    out = query_attention(q, k, v, key_mask=~keep, allow_fully_masked=True)
+    assert torch.all(out[:2] == 0)
+    assert torch.equal(query_attention(q, k, v, key_mask=keep),
+                       query_attention(q, k, v, key_padding_mask=~keep))
+
+
+def test_flash_attention_layout_is_named():
+    q, k, v, _ = make(2, 4, 7, 10, 16)
+    with pytest.raises(ValueError, match=r"FlashAttention's \(B, Lk, heads, d\).*transpose\(1, 2\)"):
+        query_attention(q, k.transpose(1, 2), v.transpose(1, 2))
+    with pytest.raises(ValueError, match=r"q looks like FlashAttention's \(B, Lq, heads, d\)"):
+        query_attention(q.expand(2, -1, -1, -1).transpose(1, 2), k, v)

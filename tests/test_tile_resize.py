@@ -68,18 +68,18 @@ def test_resize_and_pad_rule():
 def test_pinpoints_and_fixed_and_tile_sizes():
     assert (plan_pinpoints(1920, 1080).grid_w, plan_pinpoints(1920, 1080).grid_h) == (2, 2)
     assert (plan_pinpoints(300, 1000).grid_w, plan_pinpoints(300, 1000).grid_h) == (1, 3)
-    p = plan_pinpoints(1000, 300, tile_size=384, pinpoints=[(768, 384), (1152, 384)])
-    assert (p.grid_w, p.grid_h, p.canvas) == (3, 1, (1152, 384))
+    p = plan_pinpoints(1000, 300, tile_size=384, pinpoints_wh=[(768, 384), (1152, 384)])
+    assert (p.grid_w, p.grid_h, p.canvas_wh) == (3, 1, (1152, 384))
     assert slime_grid(1920, 1080, 448) == (3, 2)
-    f = plan_fixed(640, 480, grid=(3, 1), tile_size=448, global_view=False)
+    f = plan_fixed(640, 480, grid_wh=(3, 1), tile_size=448, global_view=False)
     assert (f.grid_w, f.grid_h, f.num_crops, f.new_h) == (3, 1, 3, 448)
-    assert plan_fixed(640, 480, grid=(0, 0)).num_crops == 1
+    assert plan_fixed(640, 480, grid_wh=(0, 0)).num_crops == 1
     with pytest.raises(ValueError, match="pinpoint"):
-        plan_pinpoints(10, 10, pinpoints=[(300, 336)])
+        plan_pinpoints(10, 10, pinpoints_wh=[(300, 336)])
     with pytest.raises(ValueError, match="tile_size"):
         plan_slime(10, 10, tile_size=8)
-    with pytest.raises(ValueError, match="grid"):
-        plan_fixed(10, 10, grid=(0, 3))
+    with pytest.raises(ValueError, match="grid_wh"):
+        plan_fixed(10, 10, grid_wh=(0, 3))
 
 
 # ---- exactness against Pillow ----
@@ -329,8 +329,8 @@ def test_processor_inputs_and_outputs(tmp_path, rng):
     cmyk = Image.fromarray(rand_image(70, 50, rng)).convert("CMYK")
     proc = ImageProcessor()
     out = proc([pil, arr, torch.from_numpy(arr), str(path), path, rgba, gray, pal, cmyk])
-    assert out.image_sizes == [(500, 300)] * 5 + [(120, 80), (64, 48), (90, 60), (70, 50)]
-    assert out.grids[0] == slime_grid(500, 300)
+    assert out.image_sizes.tolist() == [[300, 500]] * 5 + [[80, 120], [48, 64], [60, 90], [50, 70]]
+    assert out.grids_wh[0] == slime_grid(500, 300)
     n = out.crops_per_image[0]
     first = out.pixel_values[:n]
     for k in range(1, 5):
@@ -349,7 +349,7 @@ def test_processor_options(rng):
     arr = rand_image(800, 600, rng)
     out = ImageProcessor(planner="pinpoints", tile_size=384, dtype=torch.bfloat16)(arr)
     assert out.pixel_values.shape == (5, 3, 384, 384) and out.pixel_values.dtype == torch.bfloat16
-    out = ImageProcessor(planner="fixed", grid=(1, 1), global_view=False, dtype=torch.uint8)(arr)
+    out = ImageProcessor(planner="fixed", grid_wh=(1, 1), global_view=False, dtype=torch.uint8)(arr)
     assert torch.equal(out.pixel_values,
                        tile_resize_ref(arr, plan_fixed(800, 600, (1, 1), global_view=False)))
     with pytest.raises(ValueError, match="planner"):

@@ -271,7 +271,7 @@ def test_pack_forward_and_backward_match_index_select(device, dtype, B, M, H):
     base = torch.randn(at + 1, H, generator=gen).to(dtype).to(device)
     t1 = tokens.clone().requires_grad_()
     b1 = base.clone().requires_grad_()
-    out = token_pack(t1, sel.indices, sel.counts, row_offsets, base=b1)
+    out = token_pack(t1, sel.indices, sel.counts, row_offsets=row_offsets, base=b1)
     t2 = tokens.clone().requires_grad_()
     b2 = base.clone().requires_grad_()
     ref = _pack_ref(t2, sel.indices, sel.counts, row_offsets, b2)
@@ -337,7 +337,7 @@ def test_torch_compile_fullgraph(device):
                                    + torch.arange(G, device=tokens.device)).reshape(-1),
                                glob.reshape(-1, H))
         offsets = torch.arange(B, device=tokens.device) * (G + M) + G
-        return token_pack(tokens, sel.indices, sel.counts, offsets, base=base), sel
+        return token_pack(tokens, sel.indices, sel.counts, row_offsets=offsets, base=base), sel
 
     compiled = torch.compile(f, fullgraph=True)
     t1 = tokens.clone().requires_grad_()
@@ -402,7 +402,7 @@ def test_bad_input_gets_clear_errors():
     with pytest.raises(ValueError, match="repeats"):
         token_pack(x, torch.tensor([[3, 3, -1], [2, -1, -1]]), cnt)
     with pytest.raises(ValueError, match="two images write"):
-        token_pack(x, idx, cnt, torch.tensor([0, 1]))
+        token_pack(x, idx, cnt, row_offsets=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="outside the 2 output rows"):
         token_pack(x, idx, cnt, out_rows=2)
     with pytest.raises(TypeError, match="indices must have dtype int64"):

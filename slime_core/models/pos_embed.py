@@ -1,5 +1,5 @@
-"""The fixed 2-D sin-cos position embedding of SliME's resampler (SLIME_SPEC.md section 4) and
-its bicubic resize to a key grid."""
+"""The fixed 2-D sin-cos position embedding of SliME's resampler and its
+bicubic resize to a key grid (the queries of a 12 x 12 grid, the keys of a 24 x 24 one)."""
 import math
 
 import torch
@@ -18,7 +18,7 @@ def sincos_pos_embed_2d(dim, grid):
     col = pos.repeat(grid)             # token t = row * grid + col
     row = pos.repeat_interleave(grid)
 
-    def one(p):
+    def one(p):  # (N,) positions -> (N, dim/2) [sin | cos]
         a = p[:, None] * omega[None, :]
         return torch.cat([a.sin(), a.cos()], dim=1)
 

@@ -1,4 +1,4 @@
-"""SliME's resampler (SLIME_SPEC.md section 4): learned queries cross-attend to one crop's
+"""SliME's resampler: learned queries cross-attend to one crop's
 vision tokens. Used with a 12x12 query grid to compress each local tile from 576 tokens to
 144, and with a 24x24 grid as the global branch's second expert.
 
@@ -79,6 +79,9 @@ class Resampler(nn.Module):
         self.ln_q, self.ln_kv, self.ln_post = norm(embed_dim), norm(embed_dim), norm(embed_dim)
         self.proj = nn.Linear(embed_dim, out_dim) if out_dim is not None else nn.Identity()
         self._bias_cache = None  # (key, (Lk, 2D) bias) of the last no-grad forward
+        # False: attention through the plain-PyTorch reference instead of the fused op (same
+        # function; for checking a model end to end against its readable path).
+        self.use_fused_ops = True
 
     def _kv_bias(self, grid, dtype):
         """(Lk, 2D): [pos_k W_k^T + b_k, b_v], the bias of the fused K|V projection."""
@@ -98,18 +101,45 @@ class Resampler(nn.Module):
             self._bias_cache = (key, bias)
         return bias
 
-    def forward(self, x, key_padding_mask=None):
-        """x: (B, Lk, kv_dim) or (Lk, kv_dim) with Lk a square number (the key grid);
-        key_padding_mask: (B, Lk) bool, True = ignore that token (nn.MultiheadAttention's
-        convention). Returns (B, Lq, out_dim) (or (Lq, out_dim) for a 2-D x)."""
+    def forward(self, x, key_mask=None, *, key_padding_mask=None, allow_fully_masked=False):
+        """Compresses each item's tokens to grid_size**2 outputs.
+
+        Args:
+            x: (B, Lk, kv_dim) or (Lk, kv_dim); Lk a square number (the key grid, e.g.
+                576 = 24 x 24 CLIP patch tokens).
+            key_mask: (B, Lk) (or (Lk,)), True / 1 = this token takes part: the library's
+                one mask convention (SDPA, HF attention_mask).
+            key_padding_mask: (B, Lk) bool, True = ignore this token
+                (nn.MultiheadAttention's convention, which the released code used). Give
+                at most one of the two.
+            allow_fully_masked: an item whose tokens are all masked is an error (its
+                output would be a constant), unless this is True.
+
+        Returns:
+            (B, grid_size**2, out_dim or embed_dim), or (grid_size**2, ...) for a 2-D x.
+        """
         single = x.dim() == 2
         if single:
             x = x.unsqueeze(0)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
+            key_mask = None if key_mask is None else key_mask.unsqueeze(0)
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
         if x.dim() != 3:
             raise ValueError(f"x must be (B, Lk, kv_dim) or (Lk, kv_dim), got {tuple(x.shape)}")
+        in_dim = self.kv_proj.in_features if isinstance(self.kv_proj, nn.Linear) else self.embed_dim
+        if x.shape[-1] != in_dim:
+            raise ValueError(
+                f"x has width {x.shape[-1]} but this Resampler takes {in_dim}-wide tokens; "
+                f"construct it with kv_dim={x.shape[-1]} (a kv_proj then maps the tokens to "
+                f"embed_dim={self.embed_dim})")
+        if x.dtype != self.query.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the Resampler's parameters are "
+                            f"{self.query.dtype}; cast one to the other (e.g. "
+                            f"resampler.to({x.dtype}) or x.to({self.query.dtype}))")
         batch, lk, _ = x.shape
+        # int() specialises a symbolic Lk under torch.compile(dynamic=True): the key grid
+        # decides the shape of the position term, so a new Lk recompiles (rare), while the
+        # batch stays dynamic.
+        lk = int(lk)
         grid = math.isqrt(lk)
         if grid * grid != lk:
             raise ValueError(f"x has {lk} tokens per item; the resampler needs a square key "
@@ -127,7 +157,14 @@ class Resampler(nn.Module):
         # (B, heads, Lk, hd) views, no copy; split (not two slices) so that backward joins
         # the two gradients with one cat instead of zero-filling and adding two full copies.
         k, v = (t.view(batch, lk, heads, hd).transpose(1, 2) for t in kvp.split(dim, dim=-1))
-        out = query_attention(q, k, v, key_padding_mask=key_padding_mask)  # (B, heads, Lq, hd)
+        if self.use_fused_ops:
+            out = query_attention(q, k, v, key_mask=key_mask, key_padding_mask=key_padding_mask,
+                                  allow_fully_masked=allow_fully_masked)  # (B, heads, Lq, hd)
+        else:
+            from slime_core.ops.reference import query_attention_ref
+            keep = key_mask.bool() if key_mask is not None else (
+                None if key_padding_mask is None else ~key_padding_mask)
+            out = query_attention_ref(q, k, v, keep, upcast=False)[0]
         out = self.attn.out_proj(out.transpose(1, 2).reshape(batch, lq, dim))
         out = self.proj(self.ln_post(out))
         return out.squeeze(0) if single else out

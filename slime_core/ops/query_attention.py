@@ -28,55 +28,91 @@ def _lse_dtype(q):
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _key_mask(key_mask, key_padding_mask, batch, lk, device):
-    """One bool [B, Lk] mask, True = keep, from either convention (or None)."""
+def _key_mask(key_mask, key_padding_mask, batch, lk, device, allow_fully_masked):
+    """One bool (B, Lk) mask, True = keep, from either convention (or None)."""
     if key_mask is not None and key_padding_mask is not None:
-        raise ValueError("pass key_mask (True = keep, as SDPA's boolean mask) or "
-                         "key_padding_mask (True = ignore, as nn.MultiheadAttention's), not both")
+        raise ValueError("pass key_mask (True = keep, as SDPA's boolean mask and HF's "
+                         "attention_mask) or key_padding_mask (True = ignore, as "
+                         "nn.MultiheadAttention's), not both")
     name = "key_mask" if key_mask is not None else "key_padding_mask"
     mask = key_mask if key_mask is not None else key_padding_mask
     if mask is None:
         return None
     check_tensor(name, mask)
     if tuple(mask.shape) != (batch, lk):
-        raise ValueError(f"{name} must have shape [B, Lk] = [{batch}, {lk}], got "
+        raise ValueError(f"{name} must have shape (B, Lk) = ({batch}, {lk}), got "
                          f"{tuple(mask.shape)}")
     if mask.device != device:
         raise ValueError(f"{name} is on {mask.device} but q is on {device}")
+    eager = not torch.compiler.is_compiling()
     if mask.dtype == torch.bool:
         keep = mask if key_mask is not None else ~mask
     elif mask.dtype.is_floating_point:
-        # An additive float mask (MHA and SDPA accept them): 0 keeps a key, -inf drops it.
-        # Other values would reweight keys, which a padding mask cannot express.
+        # An additive float mask (MHA and SDPA accept them): 0 keeps a key, -inf drops it,
+        # the same in both conventions. Other values would reweight keys, which a padding
+        # mask cannot express.
         keep = mask == 0
-        if not torch.compiler.is_compiling() and not bool(
-                torch.all(keep | (mask == float("-inf")))):
+        if eager and not bool(torch.all(keep | (mask == float("-inf")))):
             raise ValueError(f"a float {name} may only hold 0 (keep) and -inf (drop); "
                              "pass a bool mask instead")
+    elif key_mask is not None and not mask.dtype.is_complex:
+        # HF's attention_mask: integer, 1 = keep, 0 = padding.
+        keep = mask != 0
+        if eager and not bool(torch.all((mask == 0) | (mask == 1))):
+            raise ValueError("an integer key_mask may only hold 1 (keep) and 0 (drop), as "
+                             "HF's attention_mask")
     else:
-        raise TypeError(f"{name} must be bool (or a float mask of 0 / -inf), got {mask.dtype}")
+        raise TypeError(f"{name} must be bool (or a float mask of 0 / -inf"
+                        f"{', or an integer 0/1 mask' if key_mask is not None else ''}), "
+                        f"got {mask.dtype}")
+    if eager and not allow_fully_masked and lk > 0 and batch > 0:
+        empty = (~keep.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            hint = ("key_mask means True = keep; a padding mask (True = ignore) goes in "
+                    "key_padding_mask" if key_mask is not None else
+                    "key_padding_mask means True = ignore; a keep mask (True = keep, like "
+                    "HF's attention_mask) goes in key_mask")
+            raise ValueError(
+                f"{name} drops every key of batch item(s) {empty[:8]}"
+                f"{' ...' if len(empty) > 8 else ''}: their output would be all zeros. "
+                f"Is the mask inverted? {hint}. Pass allow_fully_masked=True if items "
+                "without keys are intended (they get zeros and zero gradients).")
     return keep.contiguous()
 
 
+def _layout_hint(q, k):
+    """Names the likely cause of a head-count mismatch: FlashAttention's (B, L, heads, d)."""
+    if k.shape[2] == q.shape[-3]:
+        return ("; k and v look like FlashAttention's (B, Lk, heads, d) layout: pass "
+                "k.transpose(1, 2) and v.transpose(1, 2) (views, no copy)")
+    if q.dim() == 4 and q.shape[2] == k.shape[1]:
+        return ("; q looks like FlashAttention's (B, Lq, heads, d) layout: pass "
+                "q.transpose(1, 2)")
+    return ""
+
+
 def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None,
-                    return_lse=False):
+                    return_lse=False, allow_fully_masked=False):
     """Cross-attention of (usually shared, learnable) queries over a batch of keys/values.
 
     Args:
         q: (heads, Lq, d) shared by every batch item, or (B, heads, Lq, d).
         k: (B, heads, Lk, d)
         v: (B, heads, Lk, d)
-        key_mask: (B, Lk) bool, True where a key takes part (SDPA's convention), or a
-            float mask of 0 (keep) / -inf (drop).
+        key_mask: (B, Lk), True / 1 where a key takes part: the library's one convention
+            (SDPA's boolean mask, HF's attention_mask). bool, integer 0/1, or a float
+            additive mask of 0 (keep) / -inf (drop).
         key_padding_mask: (B, Lk) bool, True where a key is padding and is ignored
-            (nn.MultiheadAttention's convention), or a float mask of 0 / -inf (additive
-            masks mean the same in both conventions). Give at most one of the two masks.
+            (nn.MultiheadAttention's convention, named so), or a float mask of 0 / -inf.
+            Give at most one of the two masks.
         scale: score scale, default 1 / sqrt(d).
         return_lse: also return the log-sum-exp of the scaled scores.
+        allow_fully_masked: a mask that drops every key of a batch item is an error
+            (an inverted mask does exactly that), unless this is True.
 
     q, k, v share one dtype (float32, bfloat16 or float16; float64 on CPU only) and one
-    device. A query row whose keys are all masked gets zeros (and zero gradients), with
-    lse = -inf.
+    device. A query row without keys (Lk = 0, or all masked with allow_fully_masked=True)
+    gets zeros (and zero gradients), with lse = -inf.
 
     Returns:
         out: (B, heads, Lq, d) in q's dtype; with return_lse also lse: (B, heads, Lq),
@@ -99,12 +135,12 @@ def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None
     batch, heads, lk, d = k.shape
     qh, qd = q.shape[-3], q.shape[-1]
     if qh != heads:
-        raise ValueError(f"q has {qh} heads but k and v have {heads}")
+        raise ValueError(f"q has {qh} heads but k and v have {heads}" + _layout_hint(q, k))
     if qd != d:
         raise ValueError(f"q has head dim {qd} but k and v have {d}")
     if q.dim() == 4 and q.shape[0] != batch:
         raise ValueError(f"q has batch {q.shape[0]} but k and v have {batch}")
-    mask = _key_mask(key_mask, key_padding_mask, batch, lk, q.device)
+    mask = _key_mask(key_mask, key_padding_mask, batch, lk, q.device, allow_fully_masked)
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
     out, lse = torch.ops.slime.query_attention(q, k, v, mask, float(scale))

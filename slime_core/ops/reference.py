@@ -30,7 +30,7 @@ def tile_resize_ref(image, plan, filter="bicubic", mean=None, std=None, dtype=to
     if plan.global_view:
         crops.append(np.asarray(im.resize((S, S), resample)))
     if plan.grid_w:
-        canvas = Image.new("RGB", plan.canvas, (0, 0, 0))
+        canvas = Image.new("RGB", plan.canvas_wh, (0, 0, 0))
         canvas.paste(im.resize((plan.new_w, plan.new_h), resample), (plan.off_x, plan.off_y))
         for ty in range(plan.grid_h):
             for tx in range(plan.grid_w):
@@ -123,6 +123,22 @@ def token_select_ref(tokens, text, text_mask, token_counts, *, top_p=None, top_k
     return indices, counts, probs
 
 
+def pack_image_tokens_ref(tokens, indices, counts, prefix=None):
+    """pack_image_tokens the obvious way: per image [prefix rows, tokens[b, kept]] then zero
+    rows, (B, P + K, H), with the counts P + counts (B,)."""
+    B, _, H = tokens.shape
+    P = 0 if prefix is None else prefix.shape[-2]
+    rows = []
+    for b in range(B):
+        kept = tokens[b, indices[b, :int(counts[b])]]
+        parts = ([] if prefix is None else [prefix if prefix.dim() == 2 else prefix[b]]) + [kept]
+        block = torch.cat(parts)
+        pad = tokens.new_zeros(P + indices.shape[1] - block.shape[0], H)
+        rows.append(torch.cat([block, pad]))
+    out = torch.stack(rows) if rows else tokens.new_zeros(0, P + indices.shape[1], H)
+    return out, counts + P
+
+
 # ---- query_attention ----
 
 
@@ -168,7 +184,8 @@ class ResamplerRef(nn.Module):
         self.proj = nn.Linear(embed_dim, out_dim) if out_dim is not None else nn.Identity()
 
     def forward(self, x, key_padding_mask=None):
-        # x: (B, Lk, kv_dim); key_padding_mask: (B, Lk) bool, True = ignore
+        """x: (B, Lk, kv_dim); key_padding_mask: (B, Lk) bool, True = ignore (the released
+        code's nn.MultiheadAttention convention, kept in this reference of it)."""
         pos_k = resize_pos_embed(self.pos_embed, math.isqrt(x.shape[1]))
         x = self.ln_kv(self.kv_proj(x)).permute(1, 0, 2)   # (Lk, B, D)
         q = self.ln_q(self.query).unsqueeze(1).repeat(1, x.shape[1], 1)

@@ -1,8 +1,10 @@
-"""Text-guided selection of local visual tokens (SliME's TextGuidedSampler, SLIME_SPEC.md
-section 5) and the packing gather that splices the kept tokens into an LLM input.
+"""Text-guided selection of local visual tokens (SliME's TextGuidedSampler) and the packing
+gather that splices the kept tokens into an LLM input.
 
-    sel = token_select(tokens, text, text_mask, token_counts, top_p=0.95, prenorm_temperature=0.5)
-    packed = token_pack(tokens, sel.indices, sel.counts, row_offsets, base=llm_input)
+    sel = token_select(tokens, text, text_mask, token_counts, top_p=0.95)
+    packed = token_pack(tokens, sel)                 # kept rows of every image, back to back
+
+(slime_core.ops.pack builds a whole batched LLM input from a selection.)
 
 Semantics (both backends; the C++ header slime/token_select.h says the same):
 
@@ -10,10 +12,17 @@ Semantics (both backends; the C++ header slime/token_select.h says the same):
   dot(x_m / max(|x_m|, 1e-8), sum_t e_t / max(|e_t|, 1e-8)) in float32 whatever the input
   dtype. The per-norm clamp is torch.nn.functional.cosine_similarity's, so a zero vector (a
   zero token or a zero text row) contributes 0, never NaN.
-* q = score, or softmax(score / prenorm_temperature) when given: SliME's released sampler
-  applies softmax(score / 0.5) BEFORE the noise and the temperature softmax, so
-  prenorm_temperature=0.5 reproduces it. Then p = softmax((q + noise) / temperature) over
-  the image's M_b tokens (denominator in double, p stored as float32).
+* q = score, or softmax(score / prenorm_temperature) when given. Two released SliME rules:
+  the repository's current code (its 2024-11 update) uses q = score, a single softmax:
+  prenorm_temperature=None, the default and the rule to train with. The first release
+  (2024-06, which the published checkpoints were trained with) applied softmax(score / 0.5)
+  first: prenorm_temperature=0.5 reproduces it, to run those checkpoints as trained. Its
+  double softmax makes p nearly uniform (all p within ~0.5% of 1/M), so top-p 0.95 keeps
+  about 95% of the tokens and WHICH 5% are dropped hinges on differences of ~1e-6 in p: a
+  1e-4 change in the tokens (another GEMM, a compiled kernel) changes many kept slots. With
+  the single softmax, the kept set follows the scores and is stable under such noise.
+  Then p = softmax((q + noise) / temperature) over the image's M_b tokens (denominator in
+  double, p stored as float32).
 * Ranking: p descending, equal float32 probabilities by the lower token index (deterministic).
   top_p: c_j = cumulative sum (double) of the ranked p; n = #{j : c_j <= top_p}; keep n + 1
   ranked tokens, all of them when n == M_b or top_p == 1. top_k: keep min(k, M_b).
@@ -37,9 +46,30 @@ _FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class TokenSelection(NamedTuple):
+    """What token_select keeps, per image (unbatched inputs give unbatched fields)."""
     indices: torch.Tensor  # (B, M_max) int64: kept token indices ascending, then -1
     counts: torch.Tensor   # (B,) int64: how many were kept
     probs: torch.Tensor    # (B, M_max) float32: p over each image's tokens, 0 on padding
+
+
+def as_counts(name, counts, batch, device, allow_negative=False):
+    """A (batch,) int64 tensor from a tensor or a list of Python ints (the processor's lists)."""
+    if isinstance(counts, (list, tuple)):
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            raise TypeError(f"{name} must be ints, got {counts!r}")
+        counts = torch.tensor(counts, dtype=torch.int64, device=device)
+    elif isinstance(counts, int) and not isinstance(counts, bool):
+        counts = torch.tensor([counts], dtype=torch.int64, device=device)
+    check_tensor(name, counts)
+    if counts.is_floating_point() or counts.is_complex() or counts.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {counts.dtype}")
+    counts = counts.reshape(-1) if counts.dim() == 0 else counts
+    if counts.dim() != 1 or counts.shape[0] != batch:
+        raise ValueError(f"{name} must have shape ({batch},), got {tuple(counts.shape)}")
+    if (not allow_negative and not torch.compiler.is_compiling() and counts.numel()
+            and bool((counts < 0).any())):
+        raise ValueError(f"{name} must be >= 0, got {counts.tolist()}")
+    return counts.to(device=device, dtype=torch.int64)
 
 
 def _positive_float(name, v):
@@ -53,8 +83,8 @@ def _positive_float(name, v):
 def token_select(
     tokens: torch.Tensor,                      # (B, M_max, H) or (M, H); float32/16, bfloat16
     text: torch.Tensor,                        # (B, T_max, H) or (T, H); tokens' dtype
-    text_mask: Optional[torch.Tensor] = None,  # (B, T_max) or (T,); bool/int, nonzero = counts
-    token_counts: Optional[torch.Tensor] = None,  # (B,) int: M_b tokens of image b (default M_max)
+    text_mask: Optional[torch.Tensor] = None,  # (B, T_max) or (T,); bool/int, nonzero = real
+    token_counts=None,                         # (B,) int tensor or list: M_b tokens of image b
     *,
     top_p: Optional[float] = None,
     top_k: Optional[int] = None,
@@ -64,7 +94,9 @@ def token_select(
 ) -> TokenSelection:
     """Selects each image's local tokens most similar to its text (see the module docstring).
 
-    Give exactly one of top_p (in (0, 1]) and top_k (>= 1). Ragged batches are padded:
+    Give exactly one of top_p (in (0, 1]) and top_k (>= 1). prenorm_temperature=None is the
+    current released rule; 0.5 the first release's (published checkpoints), see above.
+    Returns a TokenSelection(indices, counts, probs). Ragged batches are padded:
     image b has token_counts[b] valid rows of tokens[b] and the text rows where text_mask[b]
     is true. Output shapes depend only on the input shapes (torch.compile-friendly). With
     unbatched inputs ((M, H) tokens, (T, H) text) the outputs are unbatched too. For
@@ -84,7 +116,8 @@ def token_select(
         tokens, text = tokens.unsqueeze(0), text.unsqueeze(0)
         text_mask = None if text_mask is None else _unsqueeze("text_mask", text_mask, 1)
         noise = None if noise is None else _unsqueeze("noise", noise, 1)
-        token_counts = None if token_counts is None else _unsqueeze("token_counts", token_counts, 0)
+        if token_counts is not None:
+            token_counts = as_counts("token_counts", token_counts, 1, tokens.device)
     B, M, H = tokens.shape
     if text.dtype != tokens.dtype:
         raise TypeError(f"text has dtype {text.dtype} but tokens has {tokens.dtype}; they must match")
@@ -105,12 +138,7 @@ def token_select(
     if token_counts is None:
         token_counts = torch.full((B,), M, dtype=torch.int64, device=tokens.device)
     else:
-        check_tensor("token_counts", token_counts, ndim=1)
-        if token_counts.is_floating_point() or token_counts.dtype == torch.bool:
-            raise TypeError(f"token_counts must be an integer tensor, got {token_counts.dtype}")
-        if token_counts.shape[0] != B:
-            raise ValueError(f"token_counts must have shape ({B},), got {tuple(token_counts.shape)}")
-        token_counts = token_counts.to(torch.int64)
+        token_counts = as_counts("token_counts", token_counts, B, tokens.device)
     if noise is not None:
         check_tensor("noise", noise, ndim=2)
         if not noise.is_floating_point():
@@ -150,25 +178,48 @@ def _unsqueeze(name, t, ndim):
 
 
 def token_pack(
-    tokens: torch.Tensor,                        # (B, M_max, H)
-    indices: torch.Tensor,                       # (B, K) int64: kept indices, unique per image
-    counts: torch.Tensor,                        # (B,) int64: first counts[b] of indices[b] used
-    row_offsets: Optional[torch.Tensor] = None,  # (B,) int64: first output row of image b
+    tokens: torch.Tensor,                        # (B, M_max, H), or (M, H) with (K,) indices
+    indices,                                     # (B, K) int64 kept indices, or a TokenSelection
+    counts=None,                                 # (B,) int64 or list: first counts[b] used
     *,
+    row_offsets: Optional[torch.Tensor] = None,  # (B,) int64: first output row of image b
     base: Optional[torch.Tensor] = None,         # (N, H): rows the op does not write
     out_rows: Optional[int] = None,              # N when base is None (default B * K)
 ) -> torch.Tensor:                               # (N, H)
     """out = base; out[row_offsets[b] + j] = tokens[b, indices[b, j]] for j < counts[b].
 
+    `token_pack(tokens, selection)` takes a TokenSelection whole (indices and counts); with
+    bare indices give counts too. row_offsets, base and out_rows are keyword-only, so
+    `token_pack(tokens, *selection)` is an error instead of binding probs to an argument.
+    An unbatched selection ((M, H) tokens, (K,) indices, a 0-d count) packs unbatched.
+
     The output shape is static (base's, or (out_rows, H) of zeros), so the data-dependent
     counts never become a shape. row_offsets defaults to packing the images back to back
-    (exclusive cumulative sum of counts). To splice [global tokens, separator, kept local
-    tokens] into an LLM input, build `base` with the global tokens and separator in place and
-    point row_offsets at the gaps. Differentiable in tokens and base (base gets no gradient
-    on the rows that were overwritten). On CPU, out-of-range or repeated indices and
-    overlapping images are errors; the CUDA kernel skips out-of-range rows (it cannot check
-    without a device sync) and requires the same preconditions.
+    (exclusive cumulative sum of counts). For a batched LLM input (B, L, H) with attention
+    mask and position ids, use slime_core.ops.pack (pack_image_tokens, splice_image_tokens).
+    Differentiable in tokens and base (base gets no gradient on the rows that were
+    overwritten). On CPU, out-of-range or repeated indices and overlapping images are
+    errors; the CUDA kernel skips out-of-range rows (it cannot check without a device sync)
+    and requires the same preconditions.
     """
+    if isinstance(indices, TokenSelection):
+        if counts is not None:
+            raise ValueError("counts comes from the TokenSelection; do not pass it too")
+        indices, counts = indices.indices, indices.counts
+    elif counts is None:
+        raise ValueError("pass a TokenSelection, or the kept indices and their counts")
+    check_tensor("tokens", tokens, dtypes=_FLOATS)
+    check_tensor("indices", indices, dtypes=(torch.int64,))
+    if tokens.dim() == 2 and indices.dim() == 1:  # one image
+        counts = as_counts("counts", counts, 1, tokens.device)
+        if row_offsets is not None:
+            row_offsets = as_counts("row_offsets", row_offsets, 1, tokens.device)
+        if base is None and out_rows is None:
+            out_rows = indices.shape[0]
+        return token_pack(tokens.unsqueeze(0), indices.unsqueeze(0), counts,
+                          row_offsets=row_offsets, base=base, out_rows=out_rows)
+    if isinstance(counts, (list, tuple)):
+        counts = as_counts("counts", counts, len(counts), tokens.device)
     check_tensor("tokens", tokens, dtypes=_FLOATS, ndim=3)
     check_tensor("indices", indices, dtypes=(torch.int64,), ndim=2)
     check_tensor("counts", counts, dtypes=(torch.int64,), ndim=1)

@@ -1,9 +1,15 @@
 """Image adapters: whatever the user hands the processor becomes a uint8 (H, W, 3) RGB tensor,
 or a clear error naming the image and the problem.
 
-Accepted: PIL images (any mode; converted with image.convert("RGB") as CLIPImageProcessor
-does, so RGBA loses its alpha, L is replicated, P and CMYK are mapped), numpy uint8 arrays
-(H, W, 3), torch uint8 tensors (H, W, 3), and file paths (str or os.PathLike)."""
+Accepted: PIL images (any mode, converted to RGB), numpy uint8 arrays (H, W, 3), torch uint8
+tensors (H, W, 3), and file paths (str or os.PathLike). Arrays and tensors are always channels
+last: their layout is never guessed from their shape.
+
+Transparency (alpha="drop" or "white"):
+- "drop": image.convert("RGB"), as LLaVA's and SliME's loaders and transformers 4.x's
+  CLIPImageProcessor do: RGBA loses its alpha, L is replicated, P and CMYK are mapped.
+- "white": images with an alpha band or a transparency key are composited onto white first,
+  as transformers 5.x's convert_to_rgb does; other images as "drop"."""
 import os
 
 import numpy as np
@@ -25,20 +31,26 @@ def _check_size(name, width, height, max_side):
                               f"{max_side}")
 
 
-def _from_pil(name, img, max_side):
+ALPHA_MODES = ("drop", "white")
+
+
+def _from_pil(name, img, max_side, alpha):
     _check_size(name, img.width, img.height, max_side)
+    if alpha == "white" and ("A" in img.getbands() or img.info.get("transparency") is not None):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), rgba)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return torch.from_numpy(np.asarray(img).copy())
 
 
-def _from_path(name, path, max_side):
+def _from_path(name, path, max_side, alpha):
     try:
         with Image.open(path) as img:
             # The header gives the size before any pixel is decoded: refuse huge images early.
             _check_size(name, img.width, img.height, max_side)
             img.load()
-            return _from_pil(name, img, max_side)
+            return _from_pil(name, img, max_side, alpha)
     except ImageInputError:
         raise
     except FileNotFoundError:
@@ -76,14 +88,18 @@ def _from_tensor(name, t, max_side):
     return t
 
 
-def to_rgb_tensor(image, index=0, max_side=MAX_SIDE):
+def to_rgb_tensor(image, index=0, max_side=MAX_SIDE, alpha="drop"):
     """One image -> uint8 (H, W, 3) contiguous tensor (CPU unless a tensor on another device
-    was given). Raises ImageInputError naming images[index] (and the path, for files)."""
+    was given). alpha: "drop" or "white", how transparent PIL images become RGB (see the
+    module's docstring). Raises ImageInputError naming images[index] (and the path, for
+    files)."""
+    if alpha not in ALPHA_MODES:
+        raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
     name = f"images[{index}]"
     if isinstance(image, (str, os.PathLike)):
-        return _from_path(f"{name} ({os.fspath(image)})", image, max_side)
+        return _from_path(f"{name} ({os.fspath(image)})", image, max_side, alpha)
     if isinstance(image, Image.Image):
-        return _from_pil(name, image, max_side)
+        return _from_pil(name, image, max_side, alpha)
     if isinstance(image, np.ndarray):
         return _from_numpy(name, image, max_side)
     if isinstance(image, torch.Tensor):

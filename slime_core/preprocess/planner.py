@@ -3,10 +3,13 @@
 A plan is computed on the host from the image size alone and handed to the tile_resize op as
 one int32 row (Plan.as_row). Three planners:
 
-- `plan_slime`: SliME's "UHD" picker (SLIME_SPEC section 2): 2 to 7 tiles chosen from the
-  factor pairs of the image's area in tiles.
-- `plan_pinpoints`: LLaVA-NeXT's anyres, best resolution from a fixed list ("pinpoints").
+- `plan_slime`: SliME's "UHD" picker: 2 to 7 tiles chosen from the factor pairs of the
+  image's area in tiles.
+- `plan_pinpoints`: LLaVA-NeXT's anyres, best resolution from a fixed list ("pinpoints"),
+  bit for bit the original LLaVA-NeXT code (or HF transformers', given pinpoints_hw).
 - `plan_fixed`: a fixed grid for every image.
+
+Every size says its order in its name: `width, height` arguments, `*_wh` and `*_hw` pairs.
 
 All three then resize-and-pad: the image is resized to fit the grid canvas keeping its aspect
 ratio, pasted centred on black, and cut into tiles row-major; the global view (a plain resize
@@ -20,6 +23,9 @@ DEFAULT_TILE = 336
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """How one image is sliced: a grid_w x grid_h grid of tile_size tiles cut from a canvas on
+    which the image, resized to new_w x new_h, is pasted at (off_x, off_y); with global_view
+    the whole image resized to tile_size x tile_size comes first."""
     grid_w: int        # tiles across
     grid_h: int        # tiles down
     new_w: int         # size the image is resized to before padding
@@ -34,7 +40,7 @@ class Plan:
         return int(self.global_view) + self.grid_w * self.grid_h
 
     @property
-    def canvas(self):
+    def canvas_wh(self):
         """(width, height) of the padded canvas the tiles are cut from."""
         return self.grid_w * self.tile_size, self.grid_h * self.tile_size
 
@@ -54,11 +60,12 @@ def _check_tile(tile_size):
         raise ValueError(f"tile_size must be an integer in [16, 1024], got {tile_size!r}")
 
 
-def select_best_resolution(width, height, candidates):
-    """The candidate (w, h) that keeps the most of the image's pixels after an aspect-preserving
-    fit (`effective`), on a tie the one that wastes the least canvas; else the earlier one."""
+def select_best_resolution(width, height, candidates_wh):
+    """The candidate (width, height) that keeps the most of the image's pixels after an
+    aspect-preserving fit (`effective`), on a tie the one that wastes the least canvas; else the
+    earlier one (LLaVA-NeXT's select_best_resolution)."""
     best, best_eff, best_waste = None, -1, math.inf
-    for cw, ch in candidates:
+    for cw, ch in candidates_wh:
         s = min(cw / width, ch / height)
         eff = min(int(width * s) * int(height * s), width * height)
         waste = cw * ch - eff
@@ -106,36 +113,74 @@ def plan_slime(width, height, tile_size=DEFAULT_TILE, global_view=True):
 DEFAULT_PINPOINT_GRIDS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
 
 
-def plan_pinpoints(width, height, tile_size=DEFAULT_TILE, pinpoints=None, global_view=True):
-    """LLaVA-NeXT's anyres plan: the best of `pinpoints` (a list of (width, height) in pixels,
-    each a multiple of tile_size; default DEFAULT_PINPOINT_GRIDS times tile_size)."""
+def _refuse_unordered(kwargs, name, ordered):
+    """A size argument whose order is not in its name is refused: (w, h) and (h, w) lists are
+    both in use and a wrong guess gives a transposed grid, not an error."""
+    if name in kwargs:
+        raise TypeError(f"{name}= is ambiguous; pass {ordered}")
+    if kwargs:
+        raise TypeError(f"unexpected keyword argument(s) {sorted(kwargs)}")
+
+
+def pinpoints_to_wh(tile_size, pinpoints_wh=None, pinpoints_hw=None):
+    """The pinpoints as a list of (width, height) tuples, validated.
+
+    pinpoints_wh: [(width, height), ...] in pixels, the order of the original LLaVA-NeXT code.
+    pinpoints_hw: [(height, width), ...] in pixels, the order of HF transformers'
+                  `image_grid_pinpoints`. Each pair is swapped; the list order is kept, since
+                  ties between candidates go to the earlier one.
+    Neither: DEFAULT_PINPOINT_GRIDS times tile_size (LLaVA-NeXT's list, read as (w, h))."""
+    if pinpoints_wh is not None and pinpoints_hw is not None:
+        raise TypeError("pass pinpoints_wh or pinpoints_hw, not both")
+    if pinpoints_wh is None and pinpoints_hw is None:
+        return [(w * tile_size, h * tile_size) for w, h in DEFAULT_PINPOINT_GRIDS]
+    name, given = ("pinpoints_wh", pinpoints_wh) if pinpoints_hw is None else ("pinpoints_hw",
+                                                                                pinpoints_hw)
+    pairs = [tuple(p) for p in given]
+    if not pairs:
+        raise ValueError(f"{name} must not be empty")
+    for p in pairs:
+        if (len(p) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < tile_size
+                               or v % tile_size for v in p)):
+            raise ValueError(f"{name}: {list(p)} must be two positive multiples of tile_size "
+                             f"{tile_size}")
+    return pairs if name == "pinpoints_wh" else [(w, h) for h, w in pairs]
+
+
+def plan_pinpoints(width, height, tile_size=DEFAULT_TILE, *, pinpoints_wh=None,
+                   pinpoints_hw=None, global_view=True, **unordered):
+    """LLaVA-NeXT's anyres plan for an image of width x height: the best pinpoint
+    (select_best_resolution), resize-and-pad, tiles, global view first.
+
+    Give the candidates as pinpoints_wh ((width, height) pairs, the original LLaVA-NeXT code's
+    order) or pinpoints_hw ((height, width) pairs, HF transformers' `image_grid_pinpoints`);
+    see pinpoints_to_wh. The two orders only disagree on ties (e.g. every image with both sides
+    at most 336 on LLaVA-NeXT's list: (w, h) gives 1 tile across and 2 down, (h, w) 2 across
+    and 1 down), so a bare `pinpoints=` is refused rather than guessed."""
+    _refuse_unordered(unordered, "pinpoints", "pinpoints_wh=[(width, height), ...] (original "
+                      "LLaVA-NeXT order) or pinpoints_hw=[(height, width), ...] (HF's "
+                      "image_grid_pinpoints)")
     _check_size(width, height)
     _check_tile(tile_size)
-    if pinpoints is None:
-        pinpoints = [(w * tile_size, h * tile_size) for w, h in DEFAULT_PINPOINT_GRIDS]
-    pinpoints = [tuple(p) for p in pinpoints]
-    if not pinpoints:
-        raise ValueError("pinpoints must not be empty")
-    for p in pinpoints:
-        if (len(p) != 2 or any(not isinstance(v, int) or v < tile_size or v % tile_size
-                               for v in p)):
-            raise ValueError(f"pinpoint {p} must be (width, height), positive multiples of "
-                             f"tile_size {tile_size}")
-    cw, ch = select_best_resolution(width, height, pinpoints)
+    cw, ch = select_best_resolution(width, height,
+                                    pinpoints_to_wh(tile_size, pinpoints_wh, pinpoints_hw))
     return _plan_for_grid(width, height, cw // tile_size, ch // tile_size, tile_size, global_view)
 
 
-def plan_fixed(width, height, grid=(2, 2), tile_size=DEFAULT_TILE, global_view=True):
-    """The same grid (tiles across, tiles down) for every image; (0, 0): global view only."""
+def plan_fixed(width, height, grid_wh=(2, 2), tile_size=DEFAULT_TILE, global_view=True,
+               **unordered):
+    """The same grid_wh (tiles across, tiles down) for every image of width x height;
+    (0, 0): global view only."""
+    _refuse_unordered(unordered, "grid", "grid_wh=(tiles across, tiles down)")
     _check_size(width, height)
     _check_tile(tile_size)
-    gw, gh = grid
+    gw, gh = grid_wh
     if gw == 0 and gh == 0:
         if not global_view:
             raise ValueError("a plan needs tiles or a global view")
         return Plan(0, 0, 0, 0, 0, 0, True, tile_size)
     if not (isinstance(gw, int) and isinstance(gh, int)) or not (1 <= gw <= 64 and 1 <= gh <= 64):
-        raise ValueError(f"grid must be (0, 0) or two integers in [1, 64], got {grid!r}")
+        raise ValueError(f"grid_wh must be (0, 0) or two integers in [1, 64], got {grid_wh!r}")
     return _plan_for_grid(width, height, gw, gh, tile_size, global_view)
 
 
