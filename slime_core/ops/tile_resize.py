@@ -23,7 +23,7 @@ BICUBIC = 3   # Pillow's Image.Resampling.BICUBIC (its default for RGB)
 _FILTERS = {"bilinear": BILINEAR, "bicubic": BICUBIC, BILINEAR: BILINEAR, BICUBIC: BICUBIC}
 
 PLAN_FIELDS = 7     # a plan's geometry row (Plan.as_row)
-OP_PLAN_FIELDS = 9  # the op's row: geometry + global / tiles vertical-first flags (PlanField)
+OP_PLAN_FIELDS = 9  # the op's row: geometry + global / tiles vertical-first flags
 MAX_SIDE = 16384  # largest image side the op accepts (slime/tile_resize.h kTileResizeMaxSide)
 
 _OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.uint8)
