@@ -117,5 +117,6 @@ setup(
     install_requires=["torch>=2.4", "numpy", "pillow", "safetensors", "tokenizers"],
     ext_modules=[extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    entry_points={"console_scripts": ["slime=slime_core.cli:main"]},
     zip_safe=False,
 )

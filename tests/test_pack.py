@@ -4,6 +4,8 @@ random ragged batches, left and right padding, sequences without images, empty s
 gradients; torch.compile with dynamic shapes; and the errors of the silent traps."""
 import random
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -287,3 +289,15 @@ def test_tile_order_is_the_stacking_order():
     assert index[0, :8].tolist() == list(range(8)) and index[1].tolist() == list(range(8, 20))
     with pytest.raises(ValueError, match="order"):
         tile_raster_index([(1, 1)], 2, order="spiral")
+
+
+def test_processor_refuses_cuda_at_construction_and_float_tensor_images_say_the_torch_fix():
+    from slime_core.preprocess import ImageInputError, ImageProcessor
+    if not slime_core._C.build_info()["cuda"]:
+        with pytest.raises(RuntimeError, match="ImageProcessor cannot run on cuda"):
+            ImageProcessor(device="cuda")
+    proc = ImageProcessor(tile_size=28)
+    with pytest.raises(ImageInputError, match=r"to\(torch.uint8\).*permute\(1, 2, 0\)"):
+        proc([torch.rand(3, 40, 50)])
+    with pytest.raises(ImageInputError, match=r"astype\(np.uint8\)"):
+        proc([np.random.rand(40, 50, 3)])

@@ -54,7 +54,7 @@ def build(folders, **cfg):
 def batch(seed, sizes=((50, 30), (20, 90), (28, 28)), lengths=(9, 6, 12), at=(3, 0, 11),
           planner="slime", grid=(2, 2)):
     rng = np.random.default_rng(seed)
-    proc = ImageProcessor(tile_size=TILE, planner=planner, grid=grid)
+    proc = ImageProcessor(tile_size=TILE, planner=planner, grid_wh=grid)
     out = proc([rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in sizes])
     T = max(lengths)
     ids = torch.zeros(len(lengths), T, dtype=torch.int64)

@@ -30,7 +30,7 @@ from slime_core.checkpoint import (CheckpointError, load_into, load_safetensors,
 from slime_core.models.connectors import build_connector
 from slime_core.models.llm import Decoder, DecoderConfig
 from slime_core.models.resampler import Resampler
-from slime_core.models.vision import VisionTower
+from slime_core.models.vision import VisionConfig, VisionTower
 from slime_core.ops import reference as ref
 from slime_core.ops.pack import (IGNORE_INDEX, crop_rows, find_image_positions, gather_rows,
                                  pack_image_tokens, splice_image_tokens, tile_raster_index)
@@ -131,8 +131,11 @@ class SlimeModel(nn.Module):
 
     # ---------------------------------------------------------------- image tokens
 
-    def image_tokens(self, pixel_values, crops_per_image, grids_wh, text, text_mask):
-        """Each image's tokens for the LLM and how many: ((B, K, H), (B,) int64).
+    def image_tokens(self, pixel_values, crops_per_image, grids_wh, text, text_mask,
+                     return_selection=False):
+        """Each image's tokens for the LLM and how many: ((B, K, H), (B,) int64); with
+        return_selection also (indices (B, M_max), kept counts (B,), local counts (B,)) of
+        the local tokens kept (None in global mode), positions in config.local_order.
 
         pixel_values (N_crops, 3, S, S) in the processor's flat layout (per image: the global
         view, then its tiles row-major); crops_per_image and grids_wh (tiles across, down)
@@ -157,13 +160,14 @@ class SlimeModel(nn.Module):
                 prefix = torch.cat([prefix, sep.expand(B, 1, -1)], dim=1)
         if cfg.image_mode == "global":
             counts = torch.full((B,), prefix.shape[1], dtype=torch.int64, device=dev)
-            return prefix, counts
+            return (prefix, counts, None) if return_selection else (prefix, counts)
         tiles = self.sampler.post_qformer(feats.index_select(0, tile_rows))  # (N_t, g*g, D_v)
         tiles = self.mm_projector(tiles)                                     # MLP path
         index, m = tile_raster_index(grids_wh, cfg.local_grid, device=dev, order=cfg.local_order)
         local = gather_rows(tiles.flatten(0, 1), index)                      # (B, M_max, H)
         sel = self._select(self, local, text.to(local.dtype), text_mask, m)
-        return self._pack(local, sel[0], sel[1], prefix=prefix)
+        image, counts = self._pack(local, sel[0], sel[1], prefix=prefix)
+        return (image, counts, (sel[0], sel[1], m)) if return_selection else (image, counts)
 
     def prepare_inputs(self, input_ids, attention_mask, pixel_values, crops_per_image,
                        grids_wh, labels=None, padding_side="right"):
@@ -241,10 +245,12 @@ class SlimeModel(nn.Module):
                 out["model.sampler." + k] = v
         return out
 
-    def save_pretrained(self, folder, vision_tower_path=None):
+    def save_pretrained(self, folder, vision_tower_path=None, processor=None):
         """Writes config.json (the LLM's HF config plus the mm_* fields) and
         model.safetensors in the LLaVA layout, atomically. vision_tower_path is recorded as
-        mm_vision_tower (default: where the tower was loaded from)."""
+        mm_vision_tower (default: where the tower was loaded from). processor: the
+        ImageProcessor the model was trained with; its settings are recorded so that
+        processor_for(folder) rebuilds it (default: SliME's at the tower's image size)."""
         os.makedirs(folder, exist_ok=True)
         cfg = self.config
         dtype = self.llm.lm_head.weight.dtype
@@ -267,6 +273,7 @@ class SlimeModel(nn.Module):
             "seperator": cfg.separator_token_id,   # the released spelling
             "tokenizer_model_max_length": cfg.max_length,
             "slime_core": dataclasses.asdict(cfg),
+            "slime_core_processor": _processor_settings(processor),
         })
         save_safetensors(self.llava_state_dict(), os.path.join(folder, "model.safetensors"))
         tmp = os.path.join(folder, ".config.json.tmp")
@@ -331,6 +338,33 @@ class SlimeModel(nn.Module):
             raise CheckpointError(f"{folder!r} has model.sampler.* keys but the config runs "
                                   "global-only (use_global_only / no mm_resampler_type)")
         return model.eval()
+
+
+_PROCESSOR_FIELDS = ("tile_size", "planner", "filter", "mean", "std", "global_view", "grid_wh",
+                     "pinpoints_wh")
+
+
+def _processor_settings(processor):
+    if processor is None:
+        return None
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in ((k, getattr(processor, k)) for k in _PROCESSOR_FIELDS)}
+
+
+def processor_for(folder, device="cpu"):
+    """The ImageProcessor a checkpoint folder was saved with (SliME's defaults at the vision
+    tower's image size when the folder records none)."""
+    from slime_core.preprocess import ImageProcessor
+    hf = read_config(folder)
+    settings = hf.get("slime_core_processor")
+    if settings:
+        settings = {k: (tuple(map(tuple, v)) if k == "pinpoints_wh" and v else
+                        tuple(v) if isinstance(v, list) else v) for k, v in settings.items()}
+        return ImageProcessor(device=device, **settings)
+    tower = hf.get("mm_vision_tower")
+    size = (VisionConfig.from_hf_config(read_config(tower)).image_size
+            if tower and os.path.isdir(tower) else 336)
+    return ImageProcessor(tile_size=size, device=device)
 
 
 def slime_config_from_hf(hf, **overrides):

@@ -63,8 +63,14 @@ def _from_path(name, path, max_side, alpha):
 
 def _check_array_like(name, dtype, shape):
     if dtype not in (np.uint8, torch.uint8):
-        raise ImageInputError(f"{name} must have dtype uint8, got {dtype}; convert it (e.g. "
-                              "(x * 255).round().clip(0, 255).astype(uint8)) first")
+        fix = ("(x * 255).round().clamp(0, 255).to(torch.uint8)" if isinstance(dtype, torch.dtype)
+               else "(x * 255).round().clip(0, 255).astype(np.uint8)")
+        layout = ("; a CHW tensor (as torchvision's ToTensor gives) also needs .permute(1, 2, 0)"
+                  if isinstance(dtype, torch.dtype) and len(shape) == 3 and shape[0] == 3
+                  and shape[2] != 3 else "")
+        raise ImageInputError(f"{name} must have dtype uint8 (0..255 pixel values), got "
+                              f"{dtype}; if it holds values in [0, 1], convert it with {fix} "
+                              f"first{layout}")
     if len(shape) != 3 or shape[2] != 3:
         raise ImageInputError(f"{name} must have shape (H, W, 3) (RGB, channels last), got "
                               f"{tuple(shape)}")

@@ -19,6 +19,7 @@ import os
 
 import torch
 
+from slime_core.ops._checks import check_backend
 from slime_core.ops.tile_resize import CLIP_MEAN, CLIP_STD, MAX_SIDE, pillow_version, tile_resize
 from slime_core.preprocess import planner as _planner
 from slime_core.preprocess.adapters import ALPHA_MODES, to_rgb_tensor
@@ -264,6 +265,7 @@ class ImageProcessor:
             raise ValueError(f"max_side must be an integer in [1, {MAX_SIDE}], got {max_side!r}")
         pillow_version(pillow)  # TypeError / ValueError now, not at the first batch
         self.plan(1, 1)  # validates tile_size, grid and pinpoints now, not at the first batch
+        check_backend(device, "ImageProcessor")  # a CUDA device on a CPU-only build: now
 
     def __repr__(self):
         keys = ("tile_size", "planner", "filter", "mean", "std", "dtype", "global_view",

@@ -1,0 +1,149 @@
+"""The `slime` command line.
+
+    slime info                       what was built and registered (torch, CUDA, ops)
+    slime generate CKPT IMAGE PROMPT answer a question about an image with a checkpoint
+    slime explain CKPT IMAGE PROMPT  PNG of the grid, the tiles and the local tokens kept
+    slime bench [--only OP]          the kernel benchmarks (from a source checkout)
+
+A checkpoint folder is what SlimeModel.save_pretrained writes (config.json with the mm_*
+fields, model.safetensors) plus the tokenizer (tokenizer.json, tokenizer_config.json); the
+vision tower comes from the folder named in config.json, or --vision-tower.
+"""
+import argparse
+import os
+import sys
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _existing(path, what):
+    if not os.path.exists(path):
+        raise CliError(f"{what} {path!r} does not exist")
+    return path
+
+
+def _load(args):
+    import torch
+
+    from slime_core.models.slime import SlimeModel, processor_for
+    from slime_core.text import Tokenizer
+    ckpt = _existing(args.checkpoint, "checkpoint folder")
+    tok_dir = args.tokenizer or ckpt
+    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        raise CliError(f"no tokenizer.json in {tok_dir!r}; pass --tokenizer <folder>")
+    model = SlimeModel.from_pretrained(ckpt, vision_tower=args.vision_tower, dtype=torch.float32)
+    tok = Tokenizer.from_folder(tok_dir)
+    tok.check_fits(model.llm.embed_tokens.num_embeddings)
+    return model, tok, processor_for(ckpt)
+
+
+def _prompt_ids(tok, template, prompt):
+    import torch
+
+    from slime_core.text import build_prompt, get_template, tokenize_prompt
+    text = prompt if "<image>" in prompt else "<image>\n" + prompt
+    ids = tokenize_prompt(tok, build_prompt(get_template(template), [{"from": "human",
+                                                                       "value": text}]))
+    return torch.tensor([ids])
+
+
+def cmd_info(args):
+    from slime_core import info
+    return info.main(["--json"] if args.json else [])
+
+
+def cmd_generate(args):
+    import torch
+    model, tok, proc = _load(args)
+    images = proc([_existing(args.image, "image")])
+    ids = _prompt_ids(tok, args.template, args.prompt)
+    stop = [tok.eos_id] if tok.eos_id is not None else []
+    out = model.generate(ids, torch.ones_like(ids), images.pixel_values,
+                         images.crops_per_image, images.grids_wh,
+                         max_new_tokens=args.max_new_tokens, stop_token_ids=stop,
+                         pad_token_id=tok.pad_id if tok.pad_id is not None else 0)
+    print(tok.decode(out[0].tolist()).strip())
+    return 0
+
+
+def cmd_explain(args):
+    import torch
+
+    from slime_core.explain import draw_selection
+    model, tok, proc = _load(args)
+    images = proc([_existing(args.image, "image")])
+    ids = _prompt_ids(tok, args.template, args.prompt)
+    with torch.no_grad():
+        text = model.llm.embed_tokens(ids.masked_fill(ids < 0, 0))
+        _, _, sel = model.image_tokens(images.pixel_values, images.crops_per_image,
+                                       images.grids_wh, text, ids != model.config.image_token_id,
+                                       return_selection=True)
+    if sel is None:
+        raise CliError("this checkpoint runs the global view only: there is no selection")
+    indices, kept, local = sel
+    from PIL import Image
+    with Image.open(args.image) as im:
+        picture = im.convert("RGB")
+    draw_selection(picture, images.plans[0], indices[0, :int(kept[0])].tolist(), int(local[0]),
+                   model.config.local_grid, model.config.local_order, args.prompt).save(args.out)
+    print(f"kept {int(kept[0])} of {int(local[0])} local tokens; wrote {args.out}")
+    return 0
+
+
+def cmd_bench(args):
+    import runpy
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.isfile(os.path.join(repo, "bench", "__main__.py")):
+        raise CliError("the benchmarks ship with the source checkout (bench/); run from a clone")
+    sys.path.insert(0, repo)
+    sys.argv = ["bench"] + args.rest
+    runpy.run_module("bench", run_name="__main__")
+    return 0
+
+
+def _model_args(p):
+    p.add_argument("checkpoint", help="checkpoint folder (config.json, model.safetensors, "
+                                      "tokenizer.json)")
+    p.add_argument("image", help="an image file")
+    p.add_argument("prompt", help="the question")
+    p.add_argument("--vision-tower", help="vision tower folder (overrides mm_vision_tower)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint folder)")
+    p.add_argument("--template", default="vicuna_v1",
+                   help="conversation template (plain, vicuna_v1, llama3, phi)")
+
+
+def parser():
+    """The argparse parser of the `slime` command."""
+    ap = argparse.ArgumentParser(prog="slime", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="what was built and registered")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("generate", help="answer a question about an image")
+    _model_args(p)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.set_defaults(func=cmd_generate)
+    p = sub.add_parser("explain", help="PNG of the grid, tiles and kept local tokens")
+    _model_args(p)
+    p.add_argument("--out", default="explain.png", help="PNG to write (default explain.png)")
+    p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("bench", help="kernel benchmarks (python -m bench ...)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for python -m bench")
+    p.set_defaults(func=cmd_bench)
+    return ap
+
+
+def main(argv=None):
+    """Entry point of the `slime` console script."""
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"slime {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
