@@ -44,7 +44,8 @@ def _filter_code(filter):
 #   Pillow 12.2 to 12.x (Image.resize in Python): vertical first when the image is more than
 #     100 times taller than wide and the height shrinks;
 #   Pillow 12.1 and older: always horizontal first.
-# The resampling arithmetic itself (windows, coefficients, rounding) is the same in all of them.
+# The resampling arithmetic itself (windows, coefficients, rounding) is the same in all of them
+# (Resample.c and Image.resize diffed across 11.3.0, 12.0.0, 12.1.0, 12.2.0, 12.3.0, 13.0.0).
 
 def _parse_version(text):
     """(major, minor) of "13.0.0", "12.1", "13.1.0.dev0"; a bare major "12" gives that series'
