@@ -4,7 +4,9 @@ Baseline (what the released code does per image, single-threaded): Image.resize 
 (global view), Image.resize to the planned size, paste on a black canvas, crop every tile,
 then per crop numpy float32 x / 255, (x - mean) / std, HWC -> CHW; stacked. It starts from
 decoded PIL images; ours from the same pixels as uint8 (H, W, 3) tensors. Plans are computed
-beforehand for both. The outputs are asserted identical here (the tests check exactness).
+beforehand for both. The outputs are asserted identical here (the tests check exactness);
+ours follows the installed Pillow's pass order, as the baseline does (Pillow 13 filters many
+portrait images vertically first, 12.x does not), so each run says which Pillow it used.
 
 Napkin math: the op must read every source byte and write every output byte, so
 nbytes = sum(H * W * 3) + total_crops * 3 * S * S * 4 (float32), compared with the copy
@@ -13,6 +15,7 @@ bandwidth measured in the same run (bound="memory").
     python -m bench --only tile_resize [--quick] [--device cuda]
 """
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 
@@ -94,7 +97,8 @@ def run(device, ceilings, quick):
                             baseline_name="Pillow+numpy (1 thread)", baseline=base_t, ours=t,
                             nbytes=nbytes, bound="memory",
                             note=f"{n / t.median:.1f} images/s vs {n / base_t.median:.1f} "
-                                 f"images/s; outputs identical"))
+                                 f"images/s; outputs identical (Pillow {PIL.__version__}, "
+                                 f"its pass order)"))
     return rows
 
 

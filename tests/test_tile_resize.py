@@ -1,7 +1,10 @@
-"""tile_resize (issue 3): planners, the fused op against Pillow 12.3 (pinned in
-requirements-test.txt) with zero differing pixels, the normalisation against the float32
-formula, the processor API and its errors."""
+"""tile_resize (issue 3): planners, the fused op against the installed Pillow (CI: the newest)
+with zero differing pixels, its pillow=12 pass order against crops real Pillow 12.3.0 made
+(tests/fixtures/pillow12, scripts/make_pillow_fixtures.py), the normalisation against the
+float32 formula, the processor API and its errors."""
 import io
+import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -10,7 +13,8 @@ from PIL import Image
 
 import slime_core  # noqa: F401  (loads the extension)
 from slime_core.ops.reference import tile_resize_ref
-from slime_core.ops.tile_resize import CLIP_MEAN, CLIP_STD, MAX_SIDE, tile_resize
+from slime_core.ops.tile_resize import (CLIP_MEAN, CLIP_STD, MAX_SIDE, installed_pillow_version,
+                                        pillow_version, pillow_vertical_first, tile_resize)
 from slime_core.preprocess import (ImageInputError, ImageProcessor, Plan, plan_fixed,
                                    plan_pinpoints, plan_slime, resize_and_pad, slime_grid)
 
@@ -90,9 +94,11 @@ def check_exact(images, plans, filter, device, S=336):
     assert diff == 0, f"{diff} of {ref.numel()} values differ from Pillow"
 
 
-# (7, 1500) and (3, 900): over 100 times taller than wide, where Pillow filters vertically first.
+# (7, 1500): over 100 times taller than wide, vertical pass first in Pillow 12.2+ and 13.
+# (335, 337), (337, 1000), (500, 2000): vertical first in Pillow 13 only (its global view,
+# its tiles); wide images and (337, 335): horizontal first in every version.
 SIZES = [(1, 1), (1, 3000), (3000, 1), (335, 337), (336, 336), (337, 335), (17, 5), (7, 1500),
-         (1920, 1080)]
+         (337, 1000), (500, 2000), (1920, 1080)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -134,6 +140,120 @@ def test_mixed_batch_one_call(device, rng):
 def test_empty_batch(device):
     out, crops = tile_resize([], torch.zeros(0, 7, dtype=torch.int32))
     assert out.shape == (0, 3, 336, 336) and out.dtype == torch.float32 and crops == []
+
+
+# ---- Pillow versions: pass order ----
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pillow12" / "crops.npz"
+
+
+def test_pass_order_rules():
+    v12, v13 = pillow_version(12), pillow_version(13)
+    # Pillow 13: vertical first when the height shrinks by more than twice the width's shrink.
+    assert pillow_vertical_first(335, 337, 336, 336, v13)
+    assert not pillow_vertical_first(337, 335, 336, 336, v13)
+    assert pillow_vertical_first(500, 2000, 336, 1344, v13)
+    assert not pillow_vertical_first(1000, 2000, 500, 1000, v13)   # shrink 1000 = 2 * 500
+    assert pillow_vertical_first(1000, 2001, 500, 1000, v13)
+    assert not pillow_vertical_first(20, 25, 32, 32, v13)          # upscaled
+    # Pillow 12.2 to 12.x: only images over 100 times taller than wide whose height shrinks.
+    assert not pillow_vertical_first(335, 337, 336, 336, v12)
+    assert not pillow_vertical_first(500, 2000, 336, 1344, v12)
+    assert pillow_vertical_first(7, 1500, 336, 336, v12)
+    assert not pillow_vertical_first(7, 700, 336, 336, v12)        # 700 = 100 * 7
+    assert not pillow_vertical_first(3, 400, 3, 400, v12)          # no shrink
+    # Pillow 12.1 and older: always horizontal first.
+    assert not pillow_vertical_first(7, 1500, 336, 336, pillow_version("12.1"))
+    assert pillow_vertical_first(7, 1500, 336, 336, pillow_version("12.2.0"))
+
+
+def test_pillow_setting():
+    import PIL
+    major, minor = (int(x) for x in PIL.__version__.split(".")[:2])
+    assert installed_pillow_version() == (major, minor) == pillow_version() \
+        == pillow_version("installed")
+    assert pillow_version("13.0.0") == (13, 0) and pillow_version("12.1") == (12, 1)
+    assert pillow_version("13.1.0.dev0") == (13, 1)
+    assert pillow_version(12) == pillow_version("12") and (12, 3) < pillow_version(12) < (13, 0)
+    for bad in ("newest", "", "v13", "0.1"):
+        with pytest.raises(ValueError, match="pillow"):
+            pillow_version(bad)
+    for bad in (13.0, True, None, (12, 3)):
+        with pytest.raises(TypeError, match="pillow"):
+            pillow_version(bad)
+    with pytest.raises(ValueError, match="pillow"):
+        pillow_version(0)
+    with pytest.raises(TypeError, match="pillow"):
+        ImageProcessor(pillow=12.3)
+    with pytest.raises(ValueError, match="pillow"):
+        ImageProcessor(pillow="latest")
+    with pytest.raises(ValueError, match="pillow"):
+        tile_resize([torch.zeros(4, 4, 3, dtype=torch.uint8)], [plan_slime(4, 4)], pillow="x")
+
+
+def load_pillow12_fixtures():
+    with np.load(FIXTURES, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        cases = [(z[f"image{i}"], c, z[f"crops{i}"]) for i, c in enumerate(meta["cases"])]
+    return meta, cases
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pillow12_order_vs_real_pillow12(device):
+    """Our pillow=12 crops equal Pillow 12.3.0's, committed; pillow=13 differs on some of them
+    (the fixtures can tell the orders apart), and agrees wherever both orders are the same;
+    12.1's order (never vertical first) differs on the images over 100 times taller than wide."""
+    meta, cases = load_pillow12_fixtures()
+    assert meta["pillow"] == "12.3.0" and len(cases) >= 8
+    S = meta["tile_size"]
+    differ13 = differ121 = 0
+    for img, case, want in cases:
+        w, h = case["size"]
+        plan = torch.tensor([case["plan"]], dtype=torch.int32)
+        t = [torch.from_numpy(img).to(device)]
+        for setting in (12, "12.3", "12.3.0"):
+            got, _ = tile_resize(t, plan, tile_size=S, filter=case["filter"], dtype=torch.uint8,
+                                 pillow=setting)
+            assert torch.equal(got.cpu(), torch.from_numpy(want)), (case, setting)
+        got13, _ = tile_resize(t, plan, tile_size=S, filter=case["filter"], dtype=torch.uint8,
+                               pillow=13)
+        gw, gh, nw, nh, _, _, glob = case["plan"]
+        same_order = all(pillow_vertical_first(w, h, ow, oh, pillow_version(12))
+                         == pillow_vertical_first(w, h, ow, oh, pillow_version(13))
+                         for ow, oh, used in ((S, S, glob), (nw, nh, gw)) if used)
+        if same_order:
+            assert torch.equal(got13.cpu(), torch.from_numpy(want)), case
+        differ13 += not torch.equal(got13.cpu(), torch.from_numpy(want))
+        got121, _ = tile_resize(t, plan, tile_size=S, filter=case["filter"], dtype=torch.uint8,
+                                pillow="12.1")
+        differ121 += not torch.equal(got121.cpu(), torch.from_numpy(want))
+    assert differ13 >= 4 and differ121 >= 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pass_order_setting_reaches_the_kernel(device, rng):
+    """Each resize of a plan follows its own order: the global view and the tiles of 335x337
+    (13: global vertical first, tiles horizontal first) against Pillow-free expectations."""
+    img = torch.from_numpy(rand_image(335, 337, rng)).to(device)
+    plan = plan_slime(335, 337)
+    a, _ = tile_resize([img], [plan], dtype=torch.uint8, pillow=12)
+    b, _ = tile_resize([img], [plan], dtype=torch.uint8, pillow=13)
+    c, _ = tile_resize([img], [plan], dtype=torch.uint8, pillow="12.1")
+    assert torch.equal(a, c)
+    assert not torch.equal(a[0], b[0])   # the global view's order differs ...
+    assert torch.equal(a[1:], b[1:])     # ... the tiles' does not (12.x and 13 agree there)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_processor_pillow_setting(device, rng):
+    arr = rand_image(500, 2000, rng)
+    for setting in ("installed", 12, 13):
+        out = ImageProcessor(dtype=torch.uint8, pillow=setting, device=device)(arr)
+        want, _ = tile_resize([torch.from_numpy(arr)], [plan_slime(500, 2000)],
+                              dtype=torch.uint8, pillow=setting)
+        assert torch.equal(out.pixel_values.cpu(), want)
+    assert torch.equal(ImageProcessor(dtype=torch.uint8, device=device)(arr).pixel_values.cpu(),
+                       tile_resize_ref(arr, plan_slime(500, 2000)))
 
 
 # ---- normalisation ----
@@ -188,7 +308,9 @@ def test_out_buffer_reused(device, rng):
 def test_opcheck(rng):
     images = [torch.from_numpy(rand_image(w, h, rng)) for w, h in [(40, 30), (17, 90)]]
     plist = [plan_slime(40, 30, 16), plan_fixed(17, 90, (1, 3), 16)]
-    plans = torch.tensor([p.as_row() for p in plist], dtype=torch.int32)
+    # The op's rows: geometry + the global / tiles vertical-first flags (both orders run).
+    plans = torch.tensor([p.as_row() + [0, 1] for p in plist], dtype=torch.int32)
+    plans[1, 7:] = torch.tensor([1, 0])
     total = sum(p.num_crops for p in plist)
     for dtype in (torch.float32, torch.uint8):
         torch.library.opcheck(torch.ops.slime.tile_resize.default,
@@ -300,7 +422,17 @@ def test_op_errors(rng):
         tile_resize([img], [bad])
     with pytest.raises(ValueError, match=r"images\[0\].*plan grid"):
         tile_resize([img], torch.tensor([[-1, 2, 30, 20, 0, 0, 1]], dtype=torch.int32))
-    rows = torch.tensor([plan.as_row()], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"plans must have shape \(1, 7\)"):
+        tile_resize([img], torch.tensor([plan.as_row() + [0, 0]], dtype=torch.int32))
+    rows = torch.tensor([plan.as_row() + [0, 0]], dtype=torch.int32)
+    n = plan.num_crops
     with pytest.raises(ValueError, match="total_crops"):
-        torch.ops.slime.tile_resize([img], rows, 2, 336, 3, list(CLIP_MEAN), list(CLIP_STD),
+        torch.ops.slime.tile_resize([img], rows, n + 1, 336, 3, list(CLIP_MEAN), list(CLIP_STD),
+                                    torch.float32)
+    with pytest.raises(ValueError, match=r"plans must have shape \[1, 9\]"):
+        torch.ops.slime.tile_resize([img], rows[:, :7], n, 336, 3, list(CLIP_MEAN),
+                                    list(CLIP_STD), torch.float32)
+    rows[0, 8] = 2
+    with pytest.raises(ValueError, match=r"images\[0\].*pass-order flags must be 0 or 1"):
+        torch.ops.slime.tile_resize([img], rows, n, 336, 3, list(CLIP_MEAN), list(CLIP_STD),
                                     torch.float32)

@@ -8,8 +8,10 @@
 // small [x][channel][8 rows] block so each tap is one vector multiply-add across the rows),
 // rounded to uint8 as Pillow does, then the vertical pass over a contiguous row of
 // (column, channel) values, clipped, normalised through a 256-entry table per channel and
-// stored straight into the CHW output. Padding rows and columns are written without reading
-// the source.
+// stored straight into the CHW output. Resizes the plan marks vertical-first (Pillow's pass
+// order depends on its version) filter 8 resized rows vertically straight from the source,
+// then horizontally with the same transposed-block code. Padding rows and columns are written
+// without reading the source.
 //
 // Check: python -m pytest -q tests/test_tile_resize.py (Pillow, zero differing pixels) and
 //        ctest --test-dir build/cpu (csrc/tests/test_tile_resize.cpp).
@@ -90,9 +92,8 @@ inline void store_row(const TileResizeParams& p, const OutputTable& tab, int32_t
 // Per-thread scratch, grown as needed and reused across tasks.
 struct Scratch {
   std::vector<uint8_t> block;  // [x][ch][8] the 8 source rows being filtered horizontally
-  std::vector<uint8_t> rows;   // [row][col*3 + ch] horizontal pass result (Pillow's imTemp)
-  std::vector<int32_t> acc;    // vertical accumulators (vertical-first order)
-  std::vector<uint8_t> line;   // [col*3 + ch] one finished output row
+  std::vector<uint8_t> rows;   // [row][col*3 + ch] first pass result (Pillow's imTemp)
+  std::vector<uint8_t> line;   // [col*3 + ch] finished output rows (8 in vertical-first order)
 };
 
 struct Table {
@@ -188,17 +189,17 @@ inline void filter8(const uint8_t* px, const int32_t* k, int32_t n, uint8_t* dst
 #endif
 }
 
-// out[j] = clip8(round + sum_t rows[t * n][j] * k[t]) for j < n: one output row of the
+// out[j] = clip8(round + sum_t rows[t * stride + j] * k[t]) for j < n: one output row of the
 // vertical pass. 32 values at a time stay in registers across all taps.
-inline void vertical_row(const uint8_t* rows, int32_t n, const int32_t* k, int32_t taps,
-                         uint8_t* out) {
+inline void vertical_row(const uint8_t* rows, int64_t stride, int32_t n, const int32_t* k,
+                         int32_t taps, uint8_t* out) {
   int32_t j = 0;
 #if defined(__AVX2__)
   for (; j + 32 <= n; j += 32) {
     __m256i a[4];
     for (int q = 0; q < 4; ++q) a[q] = _mm256_set1_epi32(kResampleRound);
     const uint8_t* r = rows + j;
-    for (int32_t t = 0; t < taps; ++t, r += n) {
+    for (int32_t t = 0; t < taps; ++t, r += stride) {
       const __m256i kt = _mm256_set1_epi32(k[t]);
       for (int q = 0; q < 4; ++q) {
         const __m256i px =
@@ -217,7 +218,7 @@ inline void vertical_row(const uint8_t* rows, int32_t n, const int32_t* k, int32
 #endif
   for (; j < n; ++j) {
     int32_t acc = kResampleRound;
-    for (int32_t t = 0; t < taps; ++t) acc += static_cast<int32_t>(rows[t * n + j]) * k[t];
+    for (int32_t t = 0; t < taps; ++t) acc += static_cast<int32_t>(rows[t * stride + j]) * k[t];
     out[j] = resample_clip8(acc);
   }
 }
@@ -254,9 +255,11 @@ void horizontal_pass(const uint8_t* img, int32_t W, const Table& h, int32_t y0, 
   }
 }
 
-// Pillow's order for very tall, narrow images (resample_vertical_first): each resized row
-// [ry0, ry1) is filtered vertically over the source columns it needs, rounded to uint8, then
-// horizontally. Such images are at most a few hundred pixels wide, so plain loops do.
+// The other order, vertical pass first (what the plan says; Pillow 13 takes it whenever the
+// height shrinks more than twice as much as the width): resized rows [ry0, ry1), 8 at a time,
+// are filtered vertically straight from the source over the columns the crop needs and
+// rounded to uint8 (Pillow's intermediate image), then horizontally with the same 8-row
+// machinery as horizontal_pass. Each resized row is computed once, so no window overlap.
 template <typename Emit>
 void vertical_first_rows(const uint8_t* img, int32_t W, const Table& h, const Table& v,
                          int32_t ry0, int32_t ry1, int32_t rx0, int32_t rx1, Scratch& s,
@@ -264,39 +267,38 @@ void vertical_first_rows(const uint8_t* img, int32_t W, const Table& h, const Ta
   const int32_t x_lo = h.identity ? rx0 : h.first[rx0];
   const int32_t x_hi = h.identity ? rx1 : h.first[rx1 - 1] + h.count[rx1 - 1];
   const int32_t nx3 = (x_hi - x_lo) * 3;
-  s.acc.resize(nx3);
-  s.block.resize(nx3);  // the vertically filtered row
-  s.line.resize(static_cast<size_t>(rx1 - rx0) * 3);
-  for (int32_t ry = ry0; ry < ry1; ++ry) {
-    const uint8_t* vrow;
-    if (v.identity) {
-      vrow = img + (static_cast<int64_t>(ry) * W + x_lo) * 3;
-    } else {
-      const int32_t* k = v.k + static_cast<int64_t>(ry) * v.ksize;
-      for (int32_t j = 0; j < nx3; ++j) s.acc[j] = kResampleRound;
-      for (int32_t t = 0; t < v.count[ry]; ++t) {
-        const uint8_t* src = img + (static_cast<int64_t>(v.first[ry] + t) * W + x_lo) * 3;
-        for (int32_t j = 0; j < nx3; ++j) s.acc[j] += static_cast<int32_t>(src[j]) * k[t];
-      }
-      for (int32_t j = 0; j < nx3; ++j) s.block[j] = resample_clip8(s.acc[j]);
-      vrow = s.block.data();
-    }
-    for (int32_t rx = rx0; rx < rx1; ++rx) {
-      for (int ch = 0; ch < 3; ++ch) {
-        uint8_t val;
-        if (h.identity) {
-          val = vrow[(rx - x_lo) * 3 + ch];
-        } else {
-          const int32_t* k = h.k + static_cast<int64_t>(rx) * h.ksize;
-          int32_t acc = kResampleRound;
-          for (int32_t t = 0; t < h.count[rx]; ++t)
-            acc += static_cast<int32_t>(vrow[(h.first[rx] + t - x_lo) * 3 + ch]) * k[t];
-          val = resample_clip8(acc);
-        }
-        s.line[(rx - rx0) * 3 + ch] = val;
+  const int32_t n3 = (rx1 - rx0) * 3;
+  const int64_t W3 = static_cast<int64_t>(W) * 3;
+  s.rows.resize(static_cast<size_t>(8) * nx3);
+  s.block.resize(static_cast<size_t>(8) * nx3);
+  s.line.resize(static_cast<size_t>(8) * n3);
+  for (int32_t yb = ry0; yb < ry1; yb += 8) {
+    const int nl = std::min(8, ry1 - yb);
+    // Rows past ry1 repeat the last one; their results are dropped.
+    const uint8_t* src[8];
+    for (int l = 0; l < 8; ++l) {
+      const int32_t ry = yb + l;
+      if (l >= nl) {
+        src[l] = src[nl - 1];
+      } else if (v.identity) {
+        src[l] = img + (static_cast<int64_t>(ry) * W + x_lo) * 3;
+      } else {
+        uint8_t* dst = s.rows.data() + static_cast<int64_t>(l) * nx3;
+        vertical_row(img + v.first[ry] * W3 + static_cast<int64_t>(x_lo) * 3, W3, nx3,
+                     v.k + static_cast<int64_t>(ry) * v.ksize, v.count[ry], dst);
+        src[l] = dst;
       }
     }
-    emit(ry, s.line.data());
+    if (h.identity) {
+      for (int l = 0; l < nl; ++l) emit(yb + l, src[l]);
+      continue;
+    }
+    uint8_t* blk = s.block.data();
+    transpose8(src, nx3, blk);
+    for (int32_t rx = rx0; rx < rx1; ++rx)
+      filter8(blk + (h.first[rx] - x_lo) * 24, h.k + static_cast<int64_t>(rx) * h.ksize,
+              h.count[rx], s.line.data() + (rx - rx0) * 3, n3, nl, rx == rx1 - 1);
+    for (int l = 0; l < nl; ++l) emit(yb + l, s.line.data() + static_cast<int64_t>(l) * n3);
   }
 }
 
@@ -346,7 +348,7 @@ void run_task(const TileResizeParams& p, const TileResizeLayout& L, const Output
     } else {
       const int32_t* k = v.k + static_cast<int64_t>(ry) * v.ksize;
       const uint8_t* base = s.rows.data() + static_cast<int64_t>(v.first[ry] - src_lo) * n3;
-      vertical_row(base, n3, k, v.count[ry], s.line.data());
+      vertical_row(base, n3, n3, k, v.count[ry], s.line.data());
       const uint8_t* out = s.line.data();
       line = out;
     }
@@ -373,6 +375,9 @@ const char* tile_resize_validate(const TileResizeParams& p, int32_t* bad_image) 
     if (gw < 0 || gh < 0 || gw > 64 || gh > 64 || (gw == 0) != (gh == 0))
       return "plan grid must be 0x0 or between 1x1 and 64x64";
     if (pl[kPlanGlobal] != 0 && pl[kPlanGlobal] != 1) return "plan global flag must be 0 or 1";
+    if ((pl[kPlanGlobalVFirst] != 0 && pl[kPlanGlobalVFirst] != 1) ||
+        (pl[kPlanTilesVFirst] != 0 && pl[kPlanTilesVFirst] != 1))
+      return "plan pass-order flags must be 0 or 1";
     if (gw > 0) {
       const int32_t TW = gw * p.tile, TH = gh * p.tile;
       const int32_t nw = pl[kPlanNewW], nh = pl[kPlanNewH];
@@ -415,12 +420,11 @@ TileResizeLayout tile_resize_build_layout(const TileResizeParams& p) {
     const int32_t* pl = p.plans + static_cast<int64_t>(i) * kPlanFields;
     if (pl[kPlanGlobal]) {
       const int32_t ht = table_for(W, p.tile), vt = table_for(H, p.tile);
-      crops.insert(crops.end(),
-                   {i, ht, vt, 0, 0, resample_vertical_first(W, H, p.tile) ? 1 : 0, W, H});
+      crops.insert(crops.end(), {i, ht, vt, 0, 0, pl[kPlanGlobalVFirst], W, H});
     }
     if (pl[kPlanGridW] > 0) {
       const int32_t ht = table_for(W, pl[kPlanNewW]), vt = table_for(H, pl[kPlanNewH]);
-      const int32_t vfirst = resample_vertical_first(W, H, pl[kPlanNewH]) ? 1 : 0;
+      const int32_t vfirst = pl[kPlanTilesVFirst];
       for (int32_t ty = 0; ty < pl[kPlanGridH]; ++ty)
         for (int32_t tx = 0; tx < pl[kPlanGridW]; ++tx)
           crops.insert(crops.end(), {i, ht, vt, tx * p.tile - pl[kPlanOffX],

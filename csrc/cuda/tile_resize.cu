@@ -98,8 +98,9 @@ __global__ void __launch_bounds__(kThreads) tile_resize_kernel(KernelArgs a, T* 
   if (empty) return;
 
   if (cr[kCropVFirst]) {
-    // Pillow's order for very tall, narrow images: vertical pass (rounded) then horizontal;
-    // such images are narrow, so each thread computes its outputs directly.
+    // Vertical pass first (the plan says so: Pillow's order depends on its version), each
+    // rounded to uint8 as Pillow's intermediate image is; each thread computes its outputs
+    // directly, recomputing the vertical taps of every horizontal tap.
     const int32_t cols = cb - ca, n = (rb - ra) * cols * 3;
     for (int32_t i = threadIdx.x; i < n; i += blockDim.x) {
       const int ch = i / ((rb - ra) * cols);

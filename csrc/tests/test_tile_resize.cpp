@@ -1,7 +1,9 @@
 // test_tile_resize.cpp: the CPU kernel of tile_resize (banded, windowed, fused) against a
 // plain whole-image implementation of the same Pillow rules: resize the full image with
-// two full passes, paste it on a black canvas, cut tiles, normalise each value. Outputs are
-// poisoned twice with different values, so an element the kernel never writes fails.
+// two full passes (in the order the plan's pass-order flags say), paste it on a black canvas,
+// cut tiles, normalise each value. Every case runs in all four combinations of the flags.
+// Outputs are poisoned twice with different values, so an element the kernel never writes
+// fails.
 // (Exactness against Pillow itself is tests/test_tile_resize.py.)
 #include <cmath>
 #include <cstdint>
@@ -44,8 +46,8 @@ Image pass(const Image& in, int W, int H, int out_size, bool horizontal, ResizeF
   return out;
 }
 
-Image resize(const Image& img, int W, int H, int nw, int nh, ResizeFilter f) {
-  if (resample_vertical_first(W, H, nh))
+Image resize(const Image& img, int W, int H, int nw, int nh, ResizeFilter f, bool vfirst) {
+  if (vfirst)
     return pass(pass(img, W, H, nh, false, f), W, nh, nw, true, f);
   return pass(pass(img, W, H, nw, true, f), nw, H, nh, false, f);
 }
@@ -63,10 +65,10 @@ std::vector<uint8_t> reference(const Image& img, int W, int H, const int32_t* pl
           out.push_back(in ? src[(static_cast<size_t>(y) * SW + x) * 3 + ch] : 0);
         }
   };
-  if (plan[kPlanGlobal]) emit(resize(img, W, H, S, S, f), S, S, 0, 0);
+  if (plan[kPlanGlobal]) emit(resize(img, W, H, S, S, f, plan[kPlanGlobalVFirst]), S, S, 0, 0);
   if (plan[kPlanGridW] > 0) {
     const int nw = plan[kPlanNewW], nh = plan[kPlanNewH];
-    const Image r = resize(img, W, H, nw, nh, f);
+    const Image r = resize(img, W, H, nw, nh, f, plan[kPlanTilesVFirst]);
     for (int ty = 0; ty < plan[kPlanGridH]; ++ty)
       for (int tx = 0; tx < plan[kPlanGridW]; ++tx)
         emit(r, nw, nh, tx * S - plan[kPlanOffX], ty * S - plan[kPlanOffY]);
@@ -85,7 +87,7 @@ void fit(int W, int H, int gw, int gh, int S, int32_t* plan) {
     nh = TH;
     nw = std::min(static_cast<int>(std::ceil(W * (static_cast<double>(TH) / H))), TW);
   }
-  const int32_t p[kPlanFields] = {gw, gh, nw, nh, (TW - nw) / 2, (TH - nh) / 2, 1};
+  const int32_t p[kPlanFields] = {gw, gh, nw, nh, (TW - nw) / 2, (TH - nh) / 2, 1, 0, 0};
   std::memcpy(plan, p, sizeof(p));
 }
 
@@ -94,10 +96,14 @@ void fit(int W, int H, int gw, int gh, int S, int32_t* plan) {
 int main() {
   std::mt19937 rng(12345);
   struct Case { int W, H, gw, gh; };
-  const Case cases[] = {{1, 1, 1, 2}, {37, 23, 2, 1}, {64, 48, 2, 2}, {5, 700, 1, 3},
-                        {300, 2, 3, 1}, {48, 48, 1, 1}, {90, 31, 0, 0}};
+  // {48, 200}: the global view keeps the width (no horizontal pass); {200, 48}: the height.
+  const Case cases[] = {{1, 1, 1, 2},    {37, 23, 2, 1},   {64, 48, 2, 2}, {5, 700, 1, 3},
+                        {300, 2, 3, 1},  {48, 48, 1, 1},   {90, 31, 0, 0}, {48, 200, 1, 3},
+                        {200, 48, 3, 1}, {150, 130, 2, 2}, {29, 301, 1, 2}};
   const int S = 48;
-  for (ResizeFilter f : {ResizeFilter::Bicubic, ResizeFilter::Bilinear}) {
+  for (int order = 0; order < 8; ++order) {
+    // Bits 0 and 1: global view / tiles vertical-first; bit 2: the filter.
+    const ResizeFilter f = order & 4 ? ResizeFilter::Bilinear : ResizeFilter::Bicubic;
     std::vector<Image> imgs;
     std::vector<const uint8_t*> ptrs;
     std::vector<int32_t> sizes, plans;
@@ -108,8 +114,10 @@ int main() {
       imgs.push_back(std::move(img));
       sizes.push_back(c.H);
       sizes.push_back(c.W);
-      int32_t plan[kPlanFields] = {0, 0, 0, 0, 0, 0, 1};
+      int32_t plan[kPlanFields] = {0, 0, 0, 0, 0, 0, 1, 0, 0};
       if (c.gw) fit(c.W, c.H, c.gw, c.gh, S, plan);
+      plan[kPlanGlobalVFirst] = order & 1;
+      plan[kPlanTilesVFirst] = (order >> 1) & 1;
       plans.insert(plans.end(), plan, plan + kPlanFields);
     }
     for (size_t i = 0; i < imgs.size(); ++i) {
@@ -191,7 +199,7 @@ int main() {
     const uint8_t px[3] = {1, 2, 3};
     const uint8_t* ptr = px;
     const int32_t sizes[2] = {1, 1};
-    const int32_t plan[kPlanFields] = {1, 1, 49, 48, 0, 0, 1};
+    int32_t plan[kPlanFields] = {1, 1, 49, 48, 0, 0, 1, 0, 0};
     TileResizeParams p;
     p.num_images = 1;
     p.images = &ptr;
@@ -200,6 +208,13 @@ int main() {
     p.tile = 48;
     p.total_crops = 2;
     int32_t bad = -1;
+    CHECK(tile_resize_validate(p, &bad) != nullptr && bad == 0);
+    plan[kPlanNewW] = 48;
+    CHECK(tile_resize_validate(p, &bad) == nullptr);
+    plan[kPlanTilesVFirst] = 2;  // pass-order flags are 0 or 1
+    CHECK(tile_resize_validate(p, &bad) != nullptr && bad == 0);
+    plan[kPlanTilesVFirst] = 1;
+    plan[kPlanGlobalVFirst] = -1;
     CHECK(tile_resize_validate(p, &bad) != nullptr && bad == 0);
   }
   TEST_MAIN_END();

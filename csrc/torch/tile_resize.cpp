@@ -6,7 +6,8 @@
 
 namespace {
 
-// images: list of [H, W, 3] uint8; plans: [N, 7] int32 (CPU) -> [total_crops, 3, S, S]
+// images: list of [H, W, 3] uint8; plans: [N, 9] int32 (CPU: geometry + pass-order flags,
+// slime/tile_resize.h PlanField) -> [total_crops, 3, S, S]
 at::Tensor tile_resize_cpu_impl(const std::vector<at::Tensor>& images, const at::Tensor& plans,
                                 int64_t total_crops, int64_t tile_size, int64_t filter,
                                 c10::ArrayRef<double> mean, c10::ArrayRef<double> stdev,

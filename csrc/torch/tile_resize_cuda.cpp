@@ -9,7 +9,7 @@
 
 namespace {
 
-// images: list of [H, W, 3] uint8 on one CUDA device; plans: [N, 7] int32 (CPU);
+// images: list of [H, W, 3] uint8 on one CUDA device; plans: [N, 9] int32 (CPU);
 // out: nullptr or the caller's [total_crops, 3, S, S] buffer on that device.
 at::Tensor run(const std::vector<at::Tensor>& images, const at::Tensor& plans,
                int64_t total_crops, int64_t tile_size, int64_t filter, c10::ArrayRef<double> mean,

@@ -21,7 +21,7 @@ struct TileResizeArgs {
   at::Tensor out;                      // [total_crops, 3, S, S]
 };
 
-// images: each [H, W, 3] uint8 contiguous on `device`; plans: [N, 7] int32 on the CPU;
+// images: each [H, W, 3] uint8 contiguous on `device`; plans: [N, 9] int32 on the CPU;
 // out: nullptr (allocate) or [total_crops, 3, S, S] contiguous on `device`, of out_dtype.
 inline TileResizeArgs tile_resize_prepare(const std::vector<at::Tensor>& images,
                                           const at::Tensor& plans, int64_t total_crops,

@@ -20,7 +20,7 @@ import os
 import torch
 
 from slime_core.ops._checks import check_backend
-from slime_core.ops.tile_resize import CLIP_MEAN, CLIP_STD, MAX_SIDE, tile_resize
+from slime_core.ops.tile_resize import CLIP_MEAN, CLIP_STD, MAX_SIDE, pillow_version, tile_resize
 from slime_core.preprocess import planner as _planner
 from slime_core.preprocess.adapters import ALPHA_MODES, to_rgb_tensor
 
@@ -222,6 +222,8 @@ class ImageProcessor:
                   images onto white, as transformers 5 does)
     device:       where the crops are computed and returned
     max_side:     larger images are refused (at most 16384)
+    pillow:       whose Image.resize to equal bit for bit (Pillow's pass order changed in 13):
+                  "installed" (default), 12, 13 or a version string such as "12.1"
 
     Arguments are keyword-only. from_hf builds one that reproduces an HF LLaVA-NeXT image
     processor bit for bit."""
@@ -229,7 +231,7 @@ class ImageProcessor:
     def __init__(self, *, tile_size=336, planner="slime", filter="bicubic", mean=CLIP_MEAN,
                  std=CLIP_STD, dtype=torch.float32, global_view=True, grid_wh=(2, 2),
                  pinpoints_wh=None, pinpoints_hw=None, layout="flat", alpha="drop",
-                 device="cpu", max_side=MAX_SIDE, **unordered):
+                 device="cpu", max_side=MAX_SIDE, pillow="installed", **unordered):
         if "pinpoints" in unordered:
             raise TypeError("pinpoints= is ambiguous; pass pinpoints_wh=[(width, height), ...] "
                             "(original LLaVA-NeXT order) or pinpoints_hw=[(height, width), ...]"
@@ -245,6 +247,7 @@ class ImageProcessor:
         self.pinpoints_wh = _pairs("pinpoints_wh", pinpoints_wh, "(width, height)")
         self.pinpoints_hw = _pairs("pinpoints_hw", pinpoints_hw, "(height, width)")
         self.layout, self.alpha, self.device, self.max_side = layout, alpha, device, max_side
+        self.pillow = pillow
         if planner not in _planner.PLANNERS:
             raise ValueError(f"planner must be one of {sorted(_planner.PLANNERS)}, got "
                              f"{planner!r}")
@@ -260,18 +263,19 @@ class ImageProcessor:
             raise ValueError(f"alpha must be one of {ALPHA_MODES}, got {alpha!r}")
         if not isinstance(max_side, int) or not 1 <= max_side <= MAX_SIDE:
             raise ValueError(f"max_side must be an integer in [1, {MAX_SIDE}], got {max_side!r}")
+        pillow_version(pillow)  # TypeError / ValueError now, not at the first batch
         self.plan(1, 1)  # validates tile_size, grid and pinpoints now, not at the first batch
         check_backend(device, "ImageProcessor")  # a CUDA device on a CPU-only build: now
 
     def __repr__(self):
         keys = ("tile_size", "planner", "filter", "mean", "std", "dtype", "global_view",
                 "grid_wh", "pinpoints_wh", "pinpoints_hw", "layout", "alpha", "device",
-                "max_side")
+                "max_side", "pillow")
         return "ImageProcessor(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in keys) + ")"
 
     @classmethod
     def from_hf(cls, obj, *, dtype=torch.float32, device="cpu", max_side=MAX_SIDE,
-                alpha="white"):
+                alpha="white", pillow="installed"):
         """An ImageProcessor that reproduces an HF LLaVA-NeXT image processor bit for bit
         (pixel_values and image_sizes, ties between pinpoints included).
 
@@ -334,7 +338,7 @@ class ImageProcessor:
         return cls(tile_size=tile, planner="pinpoints", filter=_HF_RESAMPLE[resample],
                    mean=mean, std=std, dtype=dtype, global_view=True,
                    pinpoints_hw=cfg["image_grid_pinpoints"], layout="hf", alpha=alpha,
-                   device=device, max_side=max_side)
+                   device=device, max_side=max_side, pillow=pillow)
 
     def plan(self, width, height):
         """The planner.Plan for an image of width x height."""
@@ -359,7 +363,8 @@ class ImageProcessor:
         sizes_hw = [(int(t.shape[0]), int(t.shape[1])) for t in tensors]
         plans = [self.plan(w, h) for h, w in sizes_hw]
         pixels, crops = tile_resize(tensors, plans, tile_size=self.tile_size, filter=self.filter,
-                                    mean=self.mean, std=self.std, dtype=self.dtype)
+                                    mean=self.mean, std=self.std, dtype=self.dtype,
+                                    pillow=self.pillow)
         if self.layout == "hf":
             S = self.tile_size
             padded = pixels.new_zeros((len(plans), max(crops, default=0), 3, S, S))

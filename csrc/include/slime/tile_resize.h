@@ -5,8 +5,11 @@
 // of every image, [total_crops, 3, S, S], in the order [global] + tiles (row-major) per
 // image. The resampling reproduces Pillow's Image.resize for 8-bit images bit for bit:
 // separable convolution, filter support scaled by the downscale factor (antialiasing),
-// coefficients computed in double, normalised, rounded to 22 fractional bits; horizontal
-// pass first, rounded and clipped to uint8; then the vertical pass.
+// coefficients computed in double, normalised, rounded to 22 fractional bits; two passes,
+// each rounded and clipped to uint8, horizontal then vertical unless the plan says vertical
+// first. Which order Pillow takes depends on its version (12.x and 13.x differ), so the
+// caller decides it per resize and passes it as data (kPlanGlobalVFirst, kPlanTilesVFirst;
+// slime_core.ops.tile_resize.pillow_vertical_first computes it).
 //
 // The math that decides those bits (windows, weights, fixed-point coefficients, rounding)
 // is written once below as SLIME_HD functions; the CPU kernel, the CUDA kernel and the
@@ -43,7 +46,9 @@ enum PlanField : int32_t {
   kPlanOffX = 4,    // ... and pasted at (off_x, off_y) on a black (grid_w*S, grid_h*S) canvas
   kPlanOffY = 5,
   kPlanGlobal = 6,  // 1: a global view (plain resize to S x S) comes first
-  kPlanFields = 7
+  kPlanGlobalVFirst = 7,  // 1: the global view's resize runs the vertical pass first
+  kPlanTilesVFirst = 8,   // 1: the (new_w, new_h) resize runs the vertical pass first
+  kPlanFields = 9
 };
 
 // ---- Pillow's resampling rules (shared by every backend) ---------------------------------
@@ -149,12 +154,6 @@ SLIME_HD uint8_t resample_clip8(int32_t acc) {
   return static_cast<uint8_t>(v < 0 ? 0 : (v > 255 ? 255 : v));
 }
 
-// Pillow's Image.resize runs the vertical pass first (then the horizontal one, each rounded
-// to uint8) when the image is more than 100 times taller than wide and shrinks in height.
-SLIME_HD bool resample_vertical_first(int32_t in_w, int32_t in_h, int32_t out_h) {
-  return in_h > in_w * 100 && out_h < in_h;
-}
-
 // CLIPImageProcessor's arithmetic in float32: rescale (x / 255) then (x - mean) / std.
 SLIME_HD float clip_normalize(uint8_t v, float mean, float stdev) {
   return (static_cast<float>(v) / 255.0f - mean) / stdev;
@@ -171,7 +170,7 @@ enum CropField : int32_t {
   kCropVTable = 2,  // table index of the vertical resize (H -> resized height)
   kCropX0 = 3,      // resized-image column of the crop's column 0 (may be negative: padding)
   kCropY0 = 4,      // resized-image row of the crop's row 0
-  kCropVFirst = 5,  // 1: vertical pass first (resample_vertical_first)
+  kCropVFirst = 5,  // 1: vertical pass first (the plan's kPlanGlobalVFirst / kPlanTilesVFirst)
   kCropW = 6,       // source image width and height
   kCropH = 7,
   kCropFields = 8
