@@ -341,7 +341,7 @@ class SlimeModel(nn.Module):
 
 
 _PROCESSOR_FIELDS = ("tile_size", "planner", "filter", "mean", "std", "global_view", "grid_wh",
-                     "pinpoints_wh")
+                     "pinpoints_wh", "pillow")
 
 
 def _processor_settings(processor):
