@@ -362,9 +362,9 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
 def dist_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
     cmd, env = _fixture_cmd("dist", str(out))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "0"] + cmd[1:]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2"] + cmd[1:]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     with open(out / "losses.json") as f:
         return out, json.load(f)
@@ -391,7 +391,14 @@ def test_ddp_and_fsdp_match_one_process_and_resume_across_layouts(dist_run, tmp_
     assert sd.keys() == own.keys()
     assert all(sd[k].shape == own[k].shape and sd[k].dtype == own[k].dtype for k in own)
     for k in own:
-        torch.testing.assert_close(sd[k], own[k], rtol=1e-4, atol=1e-6, msg=k)
+        a, b = sd[k], own[k]
+        if k.endswith("attn.in_proj_bias"):
+            # The key bias adds q.b_k to every score of a query: softmax ignores it, its
+            # gradient is zero up to rounding, and Adam turns that rounding into full-size
+            # steps of either sign. The query and value biases are compared.
+            d = a.shape[0] // 3
+            a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=k)
     # Saved by DDP at step 3, resumed by one process.
     folder = tmp_path / "ddp_to_single"
     shutil.copytree(out / "ddp_half", folder)
