@@ -234,6 +234,27 @@ def test_gradients_are_clipped(tmp_path):
     assert seen == pytest.approx([1e-3] * 2, rel=1e-4)
 
 
+def test_gradient_checkpointing_changes_nothing(tmp_path):
+    on = _trainer(tmp_path / "on", dict(STAGE_NOISY, steps=3))
+    off = _trainer(tmp_path / "off", dict(STAGE_NOISY, steps=3, grad_checkpointing=False))
+    assert all(layer._slime_checkpointed for layer in on.model.llm.model.layers)
+    assert not any(hasattr(layer, "_slime_checkpointed") for layer in off.model.llm.model.layers)
+    assert [m["loss"] for m in on.fit()] == [m["loss"] for m in off.fit()]
+    for p, q in zip(on.model.parameters(), off.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_bf16_autocast_step(tmp_path):
+    fp32 = _trainer(tmp_path / "a", dict(STAGE_NOISY, steps=2))
+    assert not fp32.autocast  # "auto": bf16 on CUDA only
+    amp = _trainer(tmp_path / "b", dict(STAGE_NOISY, steps=2), autocast=True)
+    la, lb = [m["loss"] for m in fp32.fit()], [m["loss"] for m in amp.fit()]
+    np.testing.assert_allclose(lb, la, rtol=3e-2)
+    assert la != lb  # it did run in bfloat16
+    assert all(p.dtype != torch.bfloat16 or n.endswith(("w_gate", "w_noise"))
+               for n, p in amp.model.named_parameters())  # weights stay in their dtypes
+
+
 def test_sampler_stream_and_state():
     from slime_core.train.sampler import ResumableSampler
     s = ResumableSampler(5, seed=3)
@@ -295,6 +316,31 @@ def test_checkpoint_contents_and_atomic_folders(tmp_path):
     assert latest_checkpoint(str(tmp_path)).endswith("step-00000003")
     save_checkpoint(str(tmp_path), 9, {"w": torch.ones(2)}, None, {"step": 9}, keep=5)
     assert not junk.exists()
+
+
+def test_save_interrupted_between_files_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import slime_core.train.trainer as trainer_mod
+    tr = _trainer(tmp_path, save_every=2)
+    tr.fit(stop_after=2)
+    tr.train_step()
+    real, calls = trainer_mod.save_safetensors, []
+
+    def dies_on_the_optimizer_file(*a, **k):
+        calls.append(a[1])
+        if len(calls) == 2:  # model.safetensors is written, optimizer.safetensors is not
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer_mod, "save_safetensors", dies_on_the_optimizer_file)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save()
+    monkeypatch.undo()
+    assert calls[0].endswith("model.safetensors") and ".tmp-step-00000003" in calls[0]
+    assert latest_checkpoint(str(tmp_path)).endswith("step-00000002")
+    resumed = _trainer(tmp_path, save_every=2)
+    assert resumed.step == 2
+    ref = [m["loss"] for m in _trainer(tmp_path / "ref").fit()]
+    assert [m["loss"] for m in resumed.fit()] == ref[2:]
 
 
 def test_tied_weights_are_saved_once(tmp_path):

@@ -77,6 +77,13 @@ def rng_state():
     return out
 
 
+def seed_everything(seed):
+    """Seeds torch (and CUDA), numpy and Python's random."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def set_rng_state(state):
     unb64 = lambda s: torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)  # noqa
     torch.set_rng_state(unb64(state["torch"]))
@@ -281,7 +288,11 @@ class Trainer:
             model.to(self.device)
         self.model = tdist.wrap(model, layout, self.device)
         self.optimizer = self._build_optimizer()
-        self.step = 0
+        self.step, self.seed = 0, seed
+        # The RNG states the first step starts from: the checkpoint's, or seed + rank for a
+        # fresh run; set when training starts, so that nothing run in between (building
+        # another model, say) changes what the run draws.
+        self._rng = None
         if saved is not None:
             self._restore(saved, resume)
         self._stream = iter(self.sampler)
@@ -310,7 +321,7 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         self.step = state["step"]
         rngs = state["rng"]
-        set_rng_state(rngs[self.rank % len(rngs)])
+        self._rng = rngs[self.rank % len(rngs)]
         if self.rank == 0:
             self._truncate_metrics(self.step)
 
@@ -345,6 +356,11 @@ class Trainer:
     def train_step(self):
         """One optimizer step; returns its metrics dict."""
         st, model = self.stage, self.model
+        if self._rng is not None:
+            set_rng_state(self._rng)
+            self._rng = None
+        elif self.step == 0:
+            seed_everything(self.seed + self.rank)
         t0 = time.perf_counter()
         scale = lr_scale(self.step, self.warmup, self.total_steps)
         for g in self.optimizer.param_groups:
