@@ -490,6 +490,49 @@ def test_recipe_runs_in_sequence_and_resumes(tmp_path):
     assert img.size == (800, 480)
 
 
+def test_one_command_runs_a_scaled_recipe_end_to_end(tmp_path, tokenizer):
+    """python -m slime_core.train on HF-layout folders (tiny CLIP saved by transformers, a
+    decoder saved by ours), then python -m slime_core.train.evaluate on its final model."""
+    transformers = pytest.importorskip("transformers")
+    from slime_core.models.llm import Decoder, DecoderConfig
+    from slime_core.train.__main__ import main as train_main
+    torch.manual_seed(0)
+    vision, llm = tmp_path / "clip", tmp_path / "llm"
+    transformers.CLIPVisionModel(transformers.CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        image_size=28, patch_size=7)).save_pretrained(vision)
+    Decoder(DecoderConfig(vocab_size=tokenizer.vocab_size, hidden_size=48,
+                          intermediate_size=96, num_layers=2, num_heads=4, num_kv_heads=2,
+                          bos_token_id=1, eos_token_id=2)).save_pretrained(str(llm))
+    out = tmp_path / "run"
+    args = ["--recipe", "slime", "--out", str(out), "--vision", str(vision), "--llm", str(llm),
+            "--config", "num_heads=4", "--config", "local_grid=2",
+            "--config", "separator_token_id=5",
+            "--data", "train_fixtures:cli_data", "--data-arg", "n=8", "--set", "steps=1",
+            "--set", "global_batch=4", "--set", "micro_batch=2", "--set", "max_length=null",
+            "--log-every", "0"]
+    model = train_main(args)
+    assert sorted(os.listdir(out)) == ["II", "III", "Ia", "Ib", "final", "loss.png"]
+    assert train_main(args) is not None  # run again: every stage is done, nothing trains
+    with open(out / "III" / "metrics.jsonl") as f:
+        assert len(f.readlines()) == 1
+    # The final folder is a LLaVA-layout checkpoint the evaluation command loads.
+    from slime_core.train.evaluate import main as eval_main
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    q = tmp_path / "q.jsonl"
+    q.write_text(json.dumps({"question_id": 1, "image": "a.png", "text": "Colour?",
+                             "answer": "red", "category": "color"}) + "\n")
+    res = eval_main(["--model", str(out / "final"), "--vision", str(vision), "--tokenizer",
+                     tokenizer.folder, "--questions", str(q), "--image-folder", str(tmp_path),
+                     "--max-new-tokens", "3", "--out", str(tmp_path / "pred.jsonl")])
+    assert res["count"] == 1 and set(res["per_type"]) == {"color"}
+    from slime_core.models.slime import SlimeModel
+    loaded = SlimeModel.from_pretrained(str(out / "final"), vision_tower=str(vision))
+    for (k, v), w in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
 # ----------------------------------------------------------------------------- logs
 
 def test_metrics_log_progress_and_loss_curve(tmp_path):
@@ -526,7 +569,10 @@ def test_normalised_exact_match():
 def tokenizer(tmp_path_factory):
     from text_fixtures import save_llama
     from slime_core.text import Tokenizer
-    return Tokenizer.from_folder(save_llama(str(tmp_path_factory.mktemp("tok"))))
+    folder = save_llama(str(tmp_path_factory.mktemp("tok")))
+    tok = Tokenizer.from_folder(folder)
+    tok.folder = folder
+    return tok
 
 
 def _eval_model(vocab):

@@ -132,6 +132,12 @@ def _dist(out_dir):
     torch.distributed.destroy_process_group()
 
 
+def cli_data(n=16):
+    """The --data function of `python -m slime_core.train` for the tests."""
+    data = {"captions": SyntheticDataset(n, seed=1), "instruct": SyntheticDataset(n, seed=2)}
+    return data, collate
+
+
 if __name__ == "__main__":
     role = sys.argv[1]
     if role == "run":
@@ -140,3 +146,4 @@ if __name__ == "__main__":
         _dist(sys.argv[2])
     else:
         raise SystemExit(f"unknown role {role!r}")
+

@@ -180,3 +180,45 @@ def evaluate(model, tokenizer, template, processor, questions, image_folder=None
     preds = generate_answers(model, tokenizer, template, processor, questions, image_folder,
                              batch_size, max_new_tokens)
     return score(questions, preds)
+
+
+def main(argv=None):
+    """python -m slime_core.train.evaluate --model FOLDER --tokenizer FOLDER --questions
+    FILE [--image-folder DIR] [--vision FOLDER] [--template vicuna_v1] [--out FILE]:
+    prints the accuracies as JSON; --out writes every prediction (JSONL)."""
+    import argparse
+    import sys
+
+    from slime_core.models.slime import SlimeModel
+    from slime_core.preprocess import ImageProcessor
+    from slime_core.text import Tokenizer, get_template
+
+    p = argparse.ArgumentParser(prog="python -m slime_core.train.evaluate")
+    p.add_argument("--model", required=True, help="SliME / LLaVA-layout folder")
+    p.add_argument("--vision", help="vision tower folder (overrides mm_vision_tower)")
+    p.add_argument("--tokenizer", help="tokenizer folder (default: --model)")
+    p.add_argument("--template", default="vicuna_v1")
+    p.add_argument("--questions", required=True)
+    p.add_argument("--image-folder")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out")
+    args = p.parse_args(argv if argv is not None else sys.argv[1:])
+    model = SlimeModel.from_pretrained(args.model, vision_tower=args.vision, device=args.device)
+    tokenizer = Tokenizer.from_folder(args.tokenizer or args.model)
+    tokenizer.check_fits(model.llm.embed_tokens.num_embeddings)
+    processor = ImageProcessor(tile_size=model.vision_tower.config.image_size)
+    result = evaluate(model, tokenizer, get_template(args.template), processor, args.questions,
+                      args.image_folder, args.batch_size, args.max_new_tokens)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            for row in result["predictions"]:
+                f.write(json.dumps(row) + "\n")
+    summary = {k: v for k, v in result.items() if k != "predictions"}
+    print(json.dumps(summary, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -126,6 +126,8 @@ def as_stages(recipe):
     if isinstance(recipe, str):
         recipe = RECIPES[recipe] if recipe in RECIPES else _unknown(recipe)
     stages = [s if isinstance(s, Stage) else Stage(**s) for s in recipe]
+    if not stages:
+        raise ValueError("a recipe needs at least one stage")
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stage names must be unique, got {names}")

@@ -403,7 +403,7 @@ class Trainer:
         self.step += 1
         dt = time.perf_counter() - t0
         return {"stage": st.name, "step": self.step, "loss": loss_sum / max(labelled, 1),
-                "lr": scale, "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
+                "lr_scale": scale, "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
                 "grad_norm": grad_norm, "tokens": int(tokens), "labelled_tokens": int(labelled),
                 "seconds": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0}
 
@@ -457,7 +457,7 @@ class Trainer:
         filled = int(width * m["step"] / total)
         eta = elapsed / steps_run * (total - m["step"])
         print(f"[{m['stage']}] {m['step']:>6}/{total} |{'#' * filled}{'.' * (width - filled)}| "
-              f"loss {m['loss']:.4f}  lr x{m['lr']:.3f}  |g| {m['grad_norm']:.3f}  "
+              f"loss {m['loss']:.4f}  lr x{m['lr_scale']:.3f}  |g| {m['grad_norm']:.3f}  "
               f"{m['tokens_per_s']:.0f} tok/s  eta {eta:.0f}s", file=self.stream, flush=True)
 
     def plot(self):
@@ -481,7 +481,7 @@ def run_recipe(build_model, recipe, datasets, collate, out_dir, layout="single",
     the last stage's checkpoint holds them on every layout)."""
     stages = as_stages(recipe)
     rank, _ = tdist.rank_world()
-    previous, model, series = None, None, {}
+    previous, series = None, {}
     for st in stages:
         stage_dir = os.path.join(out_dir, st.name)
         if st.data not in datasets:
@@ -491,10 +491,9 @@ def run_recipe(build_model, recipe, datasets, collate, out_dir, layout="single",
         if previous is not None and latest_checkpoint(stage_dir) is None:
             load_into(model, load_checkpoint(previous, optimizer=False)[0],
                       what=f"the model of {previous}")
-        trainer = Trainer(model, st, datasets[st.data], collate, stage_dir,
-                          sampler=ResumableSampler(len(datasets[st.data]), seed),
-                          layout=layout, device=device, seed=seed, save_every=save_every,
-                          keep=keep, log_every=log_every, stream=stream)
+        trainer = Trainer(model, st, datasets[st.data], collate, stage_dir, layout=layout,
+                          device=device, seed=seed, save_every=save_every, keep=keep,
+                          log_every=log_every, stream=stream)
         if not trainer.done:
             trainer.fit(stop_after=(stop_after or {}).get(st.name))
             if not trainer.done:
@@ -503,7 +502,6 @@ def run_recipe(build_model, recipe, datasets, collate, out_dir, layout="single",
         if rank == 0 and os.path.isfile(os.path.join(stage_dir, "metrics.jsonl")):
             with open(os.path.join(stage_dir, "metrics.jsonl"), encoding="utf-8") as f:
                 series[st.name] = [(r["step"], r["loss"]) for r in map(json.loads, f)]
-        model = tdist.unwrap(trainer.model)
     if rank == 0 and series:
         plot_losses(series, os.path.join(out_dir, "loss.png"))
     final = build_model()
