@@ -369,14 +369,19 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
     out = tmp_path / "run"
     cmd, env = _fixture_cmd("run", str(out), "1000", "1")  # a checkpoint after every step
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ckpts = out / "checkpoints"
     try:
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
             if latest_checkpoint(str(out)) and int(latest_checkpoint(str(out))[-8:]) >= 2:
                 break
             time.sleep(0.05)
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-        proc.send_signal(signal.SIGKILL)  # mid-run: most of its time is spent saving
+        # Then kill it while it writes a checkpoint: as soon as a temporary folder is seen.
+        deadline, writing = time.time() + 10, False
+        while time.time() < deadline and proc.poll() is None and not writing:
+            writing = any(n.startswith(".tmp-") for n in os.listdir(ckpts))
+        assert writing and proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
@@ -390,9 +395,10 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
     load_checkpoint(last)  # complete and readable
     stage = dict(STAGE_NOISELESS, steps=1000)
     resumed = Trainer(build_model(), stage, SyntheticDataset(64), collate, str(out),
-                      log_every=0)
+                      log_every=0, save_every=1)
     assert resumed.step == c
     rest = [m["loss"] for m in resumed.fit(stop_after=c + 2)]
+    assert not any(n.startswith(".tmp-") for n in os.listdir(ckpts))  # cleaned by a save
     straight = Trainer(build_model(), stage, SyntheticDataset(64), collate,
                        str(tmp_path / "straight"), log_every=0)
     ref = [m["loss"] for m in straight.fit(stop_after=c + 2)]
