@@ -413,6 +413,11 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
 @pytest.fixture(scope="module")
 def dist_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    Trainer(build_model(), STAGE_NOISELESS, SyntheticDataset(64), collate,
+            str(out / "single_half"), save_every=3, log_every=0).fit(stop_after=3)
+    torch.set_num_threads(n)
     cmd, env = _fixture_cmd("dist", str(out))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2"] + cmd[1:]
@@ -437,6 +442,7 @@ def test_ddp_and_fsdp_match_one_process_and_resume_across_layouts(dist_run, tmp_
     np.testing.assert_allclose(losses["ddp"], single, rtol=1e-6)
     np.testing.assert_allclose(losses["fsdp"], single, rtol=1e-6)
     np.testing.assert_allclose(losses["fsdp_to_ddp"], single[3:], rtol=1e-6)
+    np.testing.assert_allclose(losses["single_to_fsdp"], single[3:], rtol=1e-6)
     # FSDP saved full (unsharded) tensors under the plain model's names.
     sd = load_checkpoint(latest_checkpoint(str(out / "fsdp")))[0]
     own = tr.model.state_dict()

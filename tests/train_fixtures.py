@@ -101,7 +101,8 @@ def _run(out_dir, steps, save_every):
 
 def _dist(out_dir):
     """Under torchrun with 2 processes: DDP and FSDP runs of STAGE_NOISELESS, and resumes
-    across layouts; losses go to out_dir/<name>.json (rank 0)."""
+    across layouts (out_dir/single_half, if there, is a one-process run saved at step 3);
+    the losses go to out_dir/losses.json (rank 0)."""
     from slime_core.train import dist as tdist
     from slime_core.train.trainer import Trainer
     torch.set_num_threads(1)
@@ -125,6 +126,8 @@ def _dist(out_dir):
     train("fsdp_half", "fsdp", stop_after=3)  # saved by FSDP at step 3 ...
     train("fsdp_to_ddp", "ddp", resume_from="fsdp_half")  # ... resumed by DDP
     train("ddp_half", "ddp", stop_after=3)    # saved by DDP at step 3, resumed single (test)
+    if os.path.isdir(os.path.join(out_dir, "single_half")):  # saved by one process (test)
+        train("single_to_fsdp", "fsdp", resume_from="single_half")
     if rank == 0:
         with open(os.path.join(out_dir, "losses.json"), "w") as f:
             json.dump(results, f)
