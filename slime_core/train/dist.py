@@ -146,12 +146,15 @@ def full_optimizer_state(model, optimizer, layout):
     return osd
 
 
-def load_optimizer_state(model, optimizer, state):
-    """Loads a full optimizer state (full_optimizer_state's layout) into any layout."""
+def load_optimizer_state(model, optimizer, state, layout):
+    """Loads a full optimizer state (full_optimizer_state's layout) into any layout. Under
+    FSDP only rank 0 needs it (others pass None): it is broadcast and sharded."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                          set_optimizer_state_dict)
-    set_optimizer_state_dict(model, optimizer, state,
-                             options=StateDictOptions(full_state_dict=True))
+    from_rank0 = layout == "fsdp" and rank_world()[1] > 1
+    set_optimizer_state_dict(model, optimizer, state if state is not None else {},
+                             options=StateDictOptions(full_state_dict=True,
+                                                      broadcast_from_rank0=from_rank0))
 
 
 def clip_grad_norm(parameters, max_norm):

@@ -39,7 +39,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
-from slime_core.checkpoint import load_safetensors, load_into, save_safetensors
+from slime_core.checkpoint import (MappedSafetensors, load_into, load_safetensors,
+                                   save_safetensors)
 from slime_core.ops.pack import IGNORE_INDEX
 from slime_core.train import dist as tdist
 from slime_core.train.plot import plot_losses
@@ -207,10 +208,12 @@ def _fsync_dir(path):
 
 
 def load_checkpoint(path, optimizer=True):
-    """(model_state, optimizer_state or None, trainer_state) of a checkpoint folder."""
+    """(model_state, optimizer_state or None, trainer_state) of a checkpoint folder. The
+    model's tensors are memory-mapped views (processes on one machine share the pages)."""
     with open(os.path.join(path, STATE_FILE), encoding="utf-8") as f:
         state = json.load(f)
-    model_state = load_safetensors(os.path.join(path, MODEL_FILE))
+    mapped = MappedSafetensors(os.path.join(path, MODEL_FILE))
+    model_state = {k: mapped.get(k) for k in mapped.keys()}
     for alias, name in state.get("tied", {}).items():
         model_state[alias] = model_state[name]
     osd = None
@@ -279,7 +282,9 @@ class Trainer:
 
         self.components = configure(model, st)
         resume = latest_checkpoint(out_dir)
-        saved = load_checkpoint(resume) if resume else None
+        # Under FSDP only rank 0 reads the (full, large) optimizer state; it is broadcast.
+        saved = (load_checkpoint(resume, optimizer=layout != "fsdp" or self.rank == 0)
+                 if resume else None)
         if saved is not None:
             load_into(model, saved[0], what=f"the model of {resume}")
         if st.grad_checkpointing and "llm" in self.components:
@@ -316,8 +321,8 @@ class Trainer:
             raise ValueError(f"{path} is a checkpoint of stage {state['stage']!r} with global "
                              f"batch {state['global_batch']}; this run is {st.name!r} with "
                              f"{st.global_batch}")
-        if osd is not None:
-            tdist.load_optimizer_state(self.model, self.optimizer, osd)
+        if "optimizer" in state:
+            tdist.load_optimizer_state(self.model, self.optimizer, osd, self.layout)
         self.sampler.load_state_dict(state["sampler"])
         self.step = state["step"]
         rngs = state["rng"]
@@ -403,7 +408,8 @@ class Trainer:
         self.step += 1
         dt = time.perf_counter() - t0
         return {"stage": st.name, "step": self.step, "loss": loss_sum / max(labelled, 1),
-                "lr_scale": scale, "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
+                "lr_scale": scale,
+                "lrs": {g["name"]: g["lr"] for g in self.optimizer.param_groups},
                 "grad_norm": grad_norm, "tokens": int(tokens), "labelled_tokens": int(labelled),
                 "seconds": dt, "tokens_per_s": tokens / dt if dt > 0 else 0.0}
 
