@@ -635,6 +635,35 @@ def test_batched_evaluation_equals_one_at_a_time_and_scores_per_type(tmp_path, t
                                                           True, False]
 
 
+def test_cached_generation_equals_recomputing_every_step(tokenizer):
+    from slime_core.preprocess import ImageProcessor
+    from slime_core.text import build_prompt, get_template, tokenize_prompt
+    model = _eval_model(tokenizer.vocab_size)
+    # Global-only: with local tokens the text-guided selection would see the new tokens
+    # when everything is recomputed, and choose differently.
+    model.config.image_mode = "global"
+    tpl = get_template("vicuna_v1")
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (45, 31, 3), dtype=np.uint8)
+    q = {"question_id": 0, "image": img, "question": "What is shown?", "answer": "x"}
+    (answer,) = ev.generate_answers(model, tokenizer, tpl, ImageProcessor(tile_size=28), [q],
+                                    max_new_tokens=5)
+    ids = tokenize_prompt(tokenizer, build_prompt(tpl, [{"from": "human",
+                                                         "value": "<image>\nWhat is shown?"}]))
+    px = ImageProcessor(tile_size=28)([img])
+    new = []
+    with torch.no_grad():
+        for _ in range(5):
+            x = torch.tensor([ids + new])
+            logits = model(x, torch.ones_like(x), px.pixel_values, px.crops_per_image,
+                           px.grids).logits
+            new.append(int(logits[0, -1].argmax()))
+            if new[-1] == tokenizer.eos_id:
+                break
+    assert len(new) == 5 and answer  # five real tokens, no early stop
+    assert answer == tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
 def test_conversation_format_questions(tmp_path):
     path = tmp_path / "q.json"
     path.write_text(json.dumps([{"id": "a", "image": "x.png", "conversations": [
