@@ -443,6 +443,10 @@ def test_ddp_and_fsdp_match_one_process_and_resume_across_layouts(dist_run, tmp_
     np.testing.assert_allclose(losses["fsdp"], single, rtol=1e-6)
     np.testing.assert_allclose(losses["fsdp_to_ddp"], single[3:], rtol=1e-6)
     np.testing.assert_allclose(losses["single_to_fsdp"], single[3:], rtol=1e-6)
+    # Every part of stage III training, the bfloat16 router in its own FSDP unit, with
+    # router and selection noise: DDP and FSDP draw the same noise on each rank.
+    assert len(losses["fsdp_all"]) == 2 and np.isfinite(losses["fsdp_all"]).all()
+    np.testing.assert_allclose(losses["fsdp_all"], losses["ddp_all"], rtol=1e-5)
     # FSDP saved full (unsharded) tensors under the plain model's names.
     sd = load_checkpoint(latest_checkpoint(str(out / "fsdp")))[0]
     own = tr.model.state_dict()

@@ -88,6 +88,13 @@ STAGE_NOISELESS = dict(name="s", data="instruct", steps=6, global_batch=8, micro
                        overrides=dict(image_mode="both", connector_expert=0, selection_noise=0.0),
                        trainable={"llm": 3e-3, "connector.mlp": 1e-2, "local": 1e-2})
 
+# Everything SliME's stage III trains (the bfloat16 router included), with its noise.
+STAGE_ALL = dict(name="all", data="instruct", steps=2, global_batch=4, micro_batch=2,
+                 warmup_ratio=0.0, max_length=None,
+                 overrides=dict(image_mode="both", connector_expert=-1, selection="top_p",
+                                top_p=0.8, selection_noise=0.1),
+                 trainable={"llm": 3e-3, "connector": 1e-2, "local": 1e-2})
+
 
 def _run(out_dir, steps, save_every):
     """Trains STAGE_NOISELESS with `steps` steps, printing a line per step (the kill test)."""
@@ -110,7 +117,7 @@ def _dist(out_dir):
     assert world == 2, world
     results = {}
 
-    def train(name, layout, resume_from=None):
+    def train(name, layout, resume_from=None, stage=STAGE_NOISELESS):
         folder = os.path.join(out_dir, name)
         if resume_from is not None and rank == 0:  # its checkpoint of step 3
             import shutil
@@ -118,13 +125,16 @@ def _dist(out_dir):
             shutil.rmtree(os.path.join(folder, "checkpoints", "step-00000006"),
                           ignore_errors=True)
         torch.distributed.barrier()
-        trainer = Trainer(build_model(), STAGE_NOISELESS, SyntheticDataset(64), collate,
+        trainer = Trainer(build_model(), stage, SyntheticDataset(64), collate,
                           folder, layout=layout, save_every=3, log_every=0)
         results[name] = [m["loss"] for m in trainer.fit()]
 
     train("ddp", "ddp")     # 6 steps straight, checkpoints at 3 and 6
     train("fsdp", "fsdp")   # the same with FSDP
     train("fsdp_to_ddp", "ddp", resume_from="fsdp")  # FSDP's step 3 resumed by DDP
+    # With noise: rank r draws the same noise in both layouts (seeded with seed + r).
+    train("ddp_all", "ddp", stage=STAGE_ALL)
+    train("fsdp_all", "fsdp", stage=STAGE_ALL)
     if os.path.isdir(os.path.join(out_dir, "single_half")):  # saved by one process (test)
         train("single_to_fsdp", "fsdp", resume_from="single_half")
     if rank == 0:
