@@ -297,6 +297,26 @@ def test_resume_is_bit_exact(tmp_path):
     assert done.done and done.fit() == []
 
 
+def test_loader_workers_read_ahead_and_resume_exactly(tmp_path):
+    ref = [m["loss"] for m in _trainer(tmp_path / "main").fit()]
+    half = _trainer(tmp_path / "w", save_every=2, num_workers=2, keep=3)
+    drawn = []
+    half.train_step = lambda f=half.train_step: (f(), drawn.append(
+        half.sampler.state_dict()["position"]))[0]
+    first = [m["loss"] for m in half.fit(stop_after=3)]
+    # The loader drew ahead of the steps; the checkpoint of step 2 holds the position after
+    # step 2, and fit() leaves the sampler at the start of step 4.
+    assert drawn[1] > 8 and half.sampler.state_dict()["position"] == 12
+    state = load_checkpoint(latest_checkpoint(str(tmp_path / "w")))[2]
+    assert state["step"] == 2 and state["sampler"]["position"] == 8
+    assert first == ref[:3]
+    assert [m["loss"] for m in half.fit()] == ref[3:]  # the same trainer goes on
+    shutil.rmtree(tmp_path / "w" / "checkpoints" / "step-00000006")
+    shutil.rmtree(tmp_path / "w" / "checkpoints" / "step-00000004")
+    rest = [m["loss"] for m in _trainer(tmp_path / "w", save_every=2, num_workers=2).fit()]
+    assert rest == ref[2:]  # resumed from step 2
+
+
 def test_checkpoint_contents_and_atomic_folders(tmp_path):
     tr = _trainer(tmp_path, save_every=1, keep=2)
     tr.fit(stop_after=3)
@@ -527,7 +547,7 @@ def test_one_command_runs_a_scaled_recipe_end_to_end(tmp_path, tokenizer):
             "--config", "separator_token_id=5",
             "--data", "train_fixtures:cli_data", "--data-arg", "n=8", "--set", "steps=1",
             "--set", "global_batch=4", "--set", "micro_batch=2", "--set", "max_length=null",
-            "--log-every", "0"]
+            "--log-every", "0", "--workers", "1"]
     model = train_main(args)
     assert sorted(os.listdir(out)) == ["II", "III", "Ia", "Ib", "final", "loss.png"]
     assert train_main(args) is not None  # run again: every stage is done, nothing trains

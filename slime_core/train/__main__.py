@@ -74,6 +74,7 @@ def parser():
     p.add_argument("--save-every", type=int, default=None)
     p.add_argument("--keep", type=int, default=2)
     p.add_argument("--log-every", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     return p
 
 
@@ -95,7 +96,7 @@ def main(argv=None):
     recipe = scaled(args.recipe, **_pairs(args.set, "--set"))
     model = run_recipe(build, recipe, datasets, collate, args.out, layout=args.layout,
                        seed=args.seed, save_every=args.save_every, keep=args.keep,
-                       log_every=args.log_every)
+                       log_every=args.log_every, num_workers=args.workers)
     if tdist.rank_world()[0] == 0 and model is not None:
         model.save_pretrained(os.path.join(args.out, "final"), vision_tower_path=args.vision)
         print(f"final model: {os.path.join(args.out, 'final')}", flush=True)

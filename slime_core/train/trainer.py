@@ -24,7 +24,9 @@ The metrics log (out_dir/metrics.jsonl, one JSON object per step) and the loss c
 (out_dir/loss.png) are written by rank 0.
 """
 import base64
+import collections
 import contextlib
+import copy
 import json
 import math
 import os
@@ -252,11 +254,13 @@ class Trainer:
             the last); keep: how many to keep.
         autocast: "auto" (bf16 where the stage asks and the device supports it), True, False.
         log_every: steps between progress lines (0: none).
+        num_workers: DataLoader worker processes that load and collate ahead of the step
+            (0: in this process, when needed).
     """
 
     def __init__(self, model, stage, dataset, collate, out_dir, sampler=None, layout="single",
                  device=None, seed=0, save_every=None, keep=2, autocast="auto", log_every=1,
-                 stream=None):
+                 stream=None, num_workers=0):
         self.stage = stage if isinstance(stage, Stage) else Stage(**stage)
         self.rank, self.world = tdist.rank_world()
         if device is None:
@@ -300,7 +304,10 @@ class Trainer:
         self._rng = None
         if saved is not None:
             self._restore(saved, resume)
+        self.num_workers = num_workers
+        self._ahead = collections.deque()  # sampler states at the start of read-ahead steps
         self._stream = iter(self.sampler)
+        self._loader = None
 
     # The optimizer is built on the wrapped model's parameters (FSDP2 replaces them by
     # sharded ones), one param group per component with its own lr.
@@ -351,12 +358,54 @@ class Trainer:
         os.replace(tmp, path)
 
     def _batch(self, indices):
-        batch = self.collate([self.dataset[i] for i in indices])
+        return self._to_device(self.collate([self.dataset[i] for i in indices]))
+
+    def _to_device(self, batch):
         missing = [k for k in BATCH_KEYS if k not in batch]
         if missing:
             raise KeyError(f"collate's batch has no {missing}")
         return {k: (batch[k].to(self.device, non_blocking=True)
                     if isinstance(batch[k], torch.Tensor) else batch[k]) for k in BATCH_KEYS}
+
+    def _step_indices(self):
+        """This process's micro-batches of the next step (index lists)."""
+        st = self.stage
+        indices = [next(self._stream) for _ in range(st.global_batch)]
+        mine = indices[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        return [mine[m * st.micro_batch:(m + 1) * st.micro_batch] for m in range(self.accum)]
+
+    def _micro_batches(self):
+        """An iterator over the next step's micro-batches (batch dicts on the device)."""
+        if not self.num_workers:
+            return (self._batch(ix) for ix in self._step_indices())
+        if self._loader is None:
+            self._loader = iter(torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=_AheadSampler(self), collate_fn=self.collate,
+                num_workers=self.num_workers, persistent_workers=True,
+                # its own generator: the workers' seeds must not be drawn from the RNG the
+                # model's noise comes from
+                generator=torch.Generator().manual_seed(self.seed)))
+        # The loader reads ahead; the sampler state of the step now starting was recorded
+        # when its indices were drawn, and is what a checkpoint after it must not include.
+        self._ahead.popleft()
+        return (self._to_device(next(self._loader)) for _ in range(self.accum))
+
+    def _close_loader(self):
+        """Stops the loader's workers; the sampler goes back to the start of the next step
+        (the loader had drawn past it), so a later fit() reads the same batches."""
+        if self._loader is None:
+            return
+        if self._ahead:
+            self.sampler.load_state_dict(self._ahead[0])
+            self._stream = iter(self.sampler)
+        self._ahead.clear()
+        self._loader = None  # the iterator's finaliser shuts its workers down
+
+    def sampler_state(self):
+        """The sampler's state at the start of the next step (what a checkpoint stores)."""
+        if self.num_workers and self._ahead:
+            return self._ahead[0]
+        return self.sampler.state_dict()
 
     def train_step(self):
         """One optimizer step; returns its metrics dict."""
@@ -370,13 +419,12 @@ class Trainer:
         scale = lr_scale(self.step, self.warmup, self.total_steps)
         for g in self.optimizer.param_groups:
             g["lr"] = g["base_lr"] * scale
-        indices = [next(self._stream) for _ in range(st.global_batch)]
-        mine = indices[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+        micro_batches = self._micro_batches()
         model.train()
         loss_sum, labelled, tokens = 0.0, 0, 0
         for m in range(self.accum):
             last = m == self.accum - 1
-            batch = self._batch(mine[m * st.micro_batch:(m + 1) * st.micro_batch])
+            batch = next(micro_batches)
             sync = (model.no_sync() if isinstance(model, DistributedDataParallel) and not last
                     else contextlib.nullcontext())
             tdist.set_grad_sync(model, self.layout, last)
@@ -428,7 +476,7 @@ class Trainer:
             state = {"format": 1, "stage": self.stage.name, "step": self.step,
                      "total_steps": self.total_steps, "global_batch": self.stage.global_batch,
                      "done": final, "layout": self.layout, "world_size": self.world,
-                     "sampler": self.sampler.state_dict(), "rng": rngs}
+                     "sampler": self.sampler_state(), "rng": rngs}
             path = save_checkpoint(self.out_dir, self.step, model_state, osd, state,
                                    keep=self.keep)
         if self.world > 1:
@@ -454,6 +502,7 @@ class Trainer:
                     self._progress(metrics, time.perf_counter() - start, len(history))
             if self.done or (self.save_every and self.step % self.save_every == 0):
                 self.save()
+        self._close_loader()
         if self.rank == 0 and history:
             self.plot()
         return history
@@ -474,11 +523,25 @@ class Trainer:
                     os.path.join(self.out_dir, "loss.png"))
 
 
+class _AheadSampler:
+    """The DataLoader's batch sampler: each step's micro-batches, noting the sampler state
+    at the start of each step as the loader draws it (it draws ahead of training)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def __iter__(self):
+        t = self.trainer
+        while True:
+            t._ahead.append(copy.deepcopy(t.sampler.state_dict()))
+            yield from t._step_indices()
+
+
 # ----------------------------------------------------------------------------- a recipe
 
 def run_recipe(build_model, recipe, datasets, collate, out_dir, layout="single", seed=0,
                save_every=None, keep=2, log_every=1, device=None, stream=None,
-               stop_after=None):
+               stop_after=None, num_workers=0):
     """Runs every stage of a recipe in order, each in out_dir/<stage name>/, each starting
     from the previous stage's final weights; a stage that finished is skipped, one that was
     interrupted resumes. build_model() returns a fresh unwrapped SlimeModel (the same on
@@ -499,7 +562,7 @@ def run_recipe(build_model, recipe, datasets, collate, out_dir, layout="single",
                       what=f"the model of {previous}")
         trainer = Trainer(model, st, datasets[st.data], collate, stage_dir, layout=layout,
                           device=device, seed=seed, save_every=save_every, keep=keep,
-                          log_every=log_every, stream=stream)
+                          log_every=log_every, stream=stream, num_workers=num_workers)
         if not trainer.done:
             trainer.fit(stop_after=(stop_after or {}).get(st.name))
             if not trainer.done:
