@@ -65,7 +65,7 @@ def plot_losses(series, path, size=(800, 480), title="training loss"):
         draw.text((8, y - 6), _fmt(v), fill="black", font=font)
     for k in range(5):
         s = xmax * k / 4
-        draw.text((sx(s) - 10, y0 + 8), str(int(round(s))), fill="black", font=font)
+        draw.text((sx(s) - 10, y0 + 8), _fmt(s), fill="black", font=font)
     draw.text(((x0 + x1) // 2 - 15, H - 20), "step", fill="black", font=font)
     legend_x = x0 + 10
     for i, (name, pts) in enumerate(points):
