@@ -166,6 +166,8 @@ class SlimeModel(nn.Module):
         index, m = tile_raster_index(grids_wh, cfg.local_grid, device=dev, order=cfg.local_order)
         local = gather_rows(tiles.flatten(0, 1), index)                      # (B, M_max, H)
         sel = self._select(self, local, text.to(local.dtype), text_mask, m)
+        if prefix is not None:  # under autocast the two branches can end in different dtypes
+            prefix = prefix.to(local.dtype)
         image, counts = self._pack(local, sel[0], sel[1], prefix=prefix)
         return (image, counts, (sel[0], sel[1], m)) if return_selection else (image, counts)
 
