@@ -465,7 +465,7 @@ LaunchStatus query_attention_cuda(const QueryAttentionParams& p, cudaStream_t st
       if (LaunchStatus e = set_smem(kernel, bytes)) return e;
       dim3 grid;
       if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lq, kFwdRows, &grid)) return e;
-      kernel<<<grid, kThreads, bytes, stream>>>(p);
+      SLIME_LAUNCH(grid, kThreads, bytes, stream, kernel)(p);
       return launch_status();
     });
   });
@@ -485,7 +485,7 @@ LaunchStatus query_attention_backward_cuda(const QueryAttentionBackwardParams& p
         if (LaunchStatus e = set_smem(kernel, bytes)) return e;
         dim3 grid;
         if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lk, kBwdTile, &grid)) return e;
-        kernel<<<grid, kThreads, bytes, stream>>>(p);
+        SLIME_LAUNCH(grid, kThreads, bytes, stream, kernel)(p);
         if (LaunchStatus e = launch_status()) return e;
       }
       if (p.batch > 0 && p.heads > 0 && p.lq > 0) {
@@ -493,13 +493,13 @@ LaunchStatus query_attention_backward_cuda(const QueryAttentionBackwardParams& p
         if (LaunchStatus e = set_smem(kernel, bytes)) return e;
         dim3 grid;
         if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lq, kBwdTile, &grid)) return e;
-        kernel<<<grid, kThreads, bytes, stream>>>(p);
+        SLIME_LAUNCH(grid, kThreads, bytes, stream, kernel)(p);
         if (LaunchStatus e = launch_status()) return e;
       }
       const int64_t n = p.heads * p.lq * p.d;
       if (shared && n > 0) {
         const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 4096));
-        query_attention_dq_reduce_kernel<scalar_t><<<blocks, 256, 0, stream>>>(p);
+        SLIME_LAUNCH(blocks, 256, 0, stream, query_attention_dq_reduce_kernel<scalar_t>)(p);
         if (LaunchStatus e = launch_status()) return e;
       }
       return LaunchStatus{nullptr};
