@@ -296,7 +296,10 @@ struct Cell {
   uint8_t pad;
 };
 std::vector<Cell> g_shadow;
+Cell* g_cells = nullptr;  // g_shadow.data(): the hot path uses plain pointers
+uint32_t* g_warp_epoch = nullptr;
 uint32_t g_gen = 0;
+size_t g_asan_scale = 3, g_asan_offset = 0;
 bool g_in_block = false;
 
 int tls_phdr(dl_phdr_info* info, size_t, void*) {
@@ -308,16 +311,19 @@ int tls_phdr(dl_phdr_info* info, size_t, void*) {
   return 1;  // the first object is the executable
 }
 
-bool unordered(uint16_t other, uint16_t other_ws, const Fiber& f) {
+// The hot path (every shared access of every thread) runs without the sanitizers' own checks.
+#define EMU_HOT __attribute__((no_sanitize("address", "undefined")))
+
+EMU_HOT bool unordered(uint16_t other, uint16_t other_ws, const Fiber& f) {
   if (other == f.linear) return false;
-  return other / 32 != f.warp || other_ws == g.warp_epoch[static_cast<size_t>(f.warp)];
+  return other / 32 != f.warp || other_ws == g_warp_epoch[f.warp];
 }
 
-void shared_access(uintptr_t addr, size_t n, bool write, const void* pc) {
+EMU_HOT void shared_access(uintptr_t addr, size_t n, bool write, const void* pc) {
   Fiber& f = *g.current;
   const uintptr_t off = addr - g_tls_lo;
-  for (const unsigned char* dyn : {emu_smem_slime, emu_smem_slime_cuda}) {
-    const uintptr_t d = reinterpret_cast<uintptr_t>(dyn);
+  for (int k = 0; k < 2; ++k) {
+    const uintptr_t d = reinterpret_cast<uintptr_t>(k ? emu_smem_slime_cuda : emu_smem_slime);
     if (addr >= d && addr < d + kDynamicMax && addr + n > d + g_dynamic_bytes) {
       add_finding(Finding::SharedOutOfBounds, symbolize(pc),
                   fmt("thread %d %s %zu bytes at dynamic shared offset %zu, launched with %zu",
@@ -325,10 +331,10 @@ void shared_access(uintptr_t addr, size_t n, bool write, const void* pc) {
       return;
     }
   }
-  const uint16_t ws = static_cast<uint16_t>(g.warp_epoch[static_cast<size_t>(f.warp)]);
+  const uint16_t ws = static_cast<uint16_t>(g_warp_epoch[f.warp]);
   bool reported = false;
   for (size_t i = 0; i < n && off + i < g_tls_size; ++i) {
-    Cell& c = g_shadow[off + i];
+    Cell& c = g_cells[off + i];
     if (c.gen != g_gen) c = Cell{g_gen, g.epoch, kNone, kNone, 0, 0, 0, 0, 0, 0};
     if (c.epoch != g.epoch) {
       const uint8_t init = c.init;
@@ -374,11 +380,17 @@ void shared_access(uintptr_t addr, size_t n, bool write, const void* pc) {
   }
 }
 
-inline void check(const void* p, size_t n, bool write, const void* pc) {
+EMU_HOT inline void check(const void* p, size_t n, bool write, const void* pc) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   if (g_in_block && a - g_tls_lo < g_tls_size) {
     shared_access(a, n, write, pc);
     return;
+  }
+  // ASan's shadow byte of an access within one 8-byte granule, read directly (the common
+  // case); anything else through the runtime.
+  if ((a & 7) + n <= 8) {
+    const int8_t sh = *reinterpret_cast<const int8_t*>((a >> g_asan_scale) + g_asan_offset);
+    if (sh == 0 || static_cast<int>((a & 7) + n - 1) < sh) return;
   }
   if (__asan_region_is_poisoned(const_cast<void*>(p), n))
     __asan_report_error(const_cast<void*>(pc), __builtin_frame_address(0),
@@ -543,6 +555,8 @@ void launch(dim3 grid, dim3 block, size_t smem, const void* kernel, Thunk thunk,
   if (g_tls_size == 0) {
     dl_iterate_phdr(&tls_phdr, nullptr);
     g_shadow.assign(g_tls_size, Cell{});
+    g_cells = g_shadow.data();
+    __asan_get_shadow_mapping(&g_asan_scale, &g_asan_offset);
     g_stacks = static_cast<char*>(mmap(nullptr, kStack * kMaxThreads, PROT_READ | PROT_WRITE,
                                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
     if (g_stacks == MAP_FAILED) std::abort();
@@ -560,6 +574,7 @@ void launch(dim3 grid, dim3 block, size_t smem, const void* kernel, Thunk thunk,
   g.nthreads = static_cast<int>(threads);
   g.fibers.assign(threads, Fiber{});
   g.warp_epoch.assign((threads + 31) / 32, 0u);
+  g_warp_epoch = g.warp_epoch.data();
   for (int t = 0; t < g.nthreads; ++t) {
     Fiber& f = g.fibers[static_cast<size_t>(t)];
     f.stack = g_stacks + t * kStack;
