@@ -28,7 +28,7 @@ using namespace slime;
 namespace {
 
 std::mt19937 rng(std::random_device{}());
-int g_cases = 0;
+int g_cases = 0, g_findings = 0;
 
 // A device copy of a host vector, freed at scope exit.
 template <typename T>
@@ -54,6 +54,7 @@ struct Dev {
 bool finish(const char* op, const std::string& what, LaunchStatus st, bool same) {
   ++g_cases;
   const int found = emu::total_findings();
+  g_findings += found;
   const bool ok = st == nullptr && found == 0 && same;
   if (!ok)
     std::fprintf(stderr, "%s %s: status %s, %d findings, %s\n", op, what.c_str(),
@@ -366,6 +367,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: test_emu_kernels tile_resize|query_attention|token_select\n");
     return 2;
   }
-  std::printf("%s: %d cases\n", op.c_str(), g_cases);
+  std::printf("%s: %d cases, %d findings\n", op.c_str(), g_cases, g_findings);
   TEST_MAIN_END();
 }
