@@ -27,7 +27,8 @@ grep -E '^(tile_resize|query_attention|token_select|checker)[:]|Test +#|tests pa
 T="$BUILD/Testing/Temporary/LastTest.log"
 kernels=$(grep -o '__global__' csrc/cuda/*.cu | wc -l)
 cases=$(grep -hoE '^[a-z_]+: [0-9]+ cases' "$T" | awk '{s += $2} END {print s + 0}')
-found=$(grep -hoE '^[a-z_]+: [0-9]+ cases, [0-9]+ findings' "$T" | awk '{s += $4} END {print s + 0}')
+found=$(grep -hoE '^[a-z_]+: [0-9]+ cases, [0-9]+ findings' "$T" |
+  awk '{s += $4} END {print s + 0}')
 flagged=$(grep -hoE '^checker: [0-9]+ of [0-9]+' "$T" | awk '{print $2 "/" $4}')
 fatal=$(grep -cE 'ERROR: AddressSanitizer: heap-(buffer-overflow|use-after-free)' "$T")
 echo "cuda_emu_check: $([ $rc -eq 0 ] && echo ok || echo FAILED): $kernels kernels, $cases cases," \

@@ -363,15 +363,15 @@ LaunchStatus launch_select(const TokenSelectParams& p, cudaStream_t stream) {
       const int64_t rows = p.B * p.T_max;
       const dim3 grid(static_cast<unsigned>(cuda::ceil_div(rows, rows_per_block)));
       SLIME_BOOL_SWITCH(text_vec, kVec, [&] {
-        SLIME_LAUNCH(grid, kRowThreads, 0, stream, text_inv_kernel<T, kVec>)(text, p.text_mask, inv, rows,
-                                                                   p.H);
+        SLIME_LAUNCH(grid, kRowThreads, 0, stream, text_inv_kernel<T, kVec>)(text, p.text_mask,
+                                                                             inv, rows, p.H);
       });
       SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     const unsigned hblocks = static_cast<unsigned>(cuda::ceil_div(p.H, kColThreads));
-    SLIME_LAUNCH(dim3(hblocks, grid_yz(ws.chunks), grid_yz(p.B)), kColThreads, 0,
-                             stream, text_partial_kernel<T>)(text, p.text_mask, inv, partial, p.B, p.T_max, p.H,
-                                       ws.chunks, ws.kTextChunk);
+    SLIME_LAUNCH(dim3(hblocks, grid_yz(ws.chunks), grid_yz(p.B)), kColThreads, 0, stream,
+                 text_partial_kernel<T>)(text, p.text_mask, inv, partial, p.B, p.T_max, p.H,
+                                         ws.chunks, ws.kTextChunk);
     SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     SLIME_LAUNCH(dim3(hblocks, grid_yz(p.B)), kColThreads, 0, stream, text_reduce_kernel)(
         partial, s, p.B, p.H, ws.chunks);
@@ -383,8 +383,8 @@ LaunchStatus launch_select(const TokenSelectParams& p, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(cuda::ceil_div(rows, rows_per_block)));
     // H == 0: every score is 0 / eps = 0, which the kernel computes as well.
     SLIME_BOOL_SWITCH(tok_vec, kVec, [&] {
-      SLIME_LAUNCH(grid, kRowThreads, 0, stream, scores_kernel<T, kVec>)(tokens, p.token_counts, s, scores,
-                                                               p.B, p.M_max, p.H);
+      SLIME_LAUNCH(grid, kRowThreads, 0, stream, scores_kernel<T, kVec>)(
+          tokens, p.token_counts, s, scores, p.B, p.M_max, p.H);
     });
     SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }

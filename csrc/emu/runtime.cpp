@@ -9,7 +9,8 @@
 // is reported as a finding and the block is abandoned, never hung.
 //
 // Memory checks: kernels are compiled with g++'s thread sanitizer instrumentation, so each
-// load and store calls __tsan_{read,write}N below (the TSan runtime is not linked). An address in the TLS segment (where every
+// load and store calls __tsan_{read,write}N below (the TSan runtime is not linked). An
+// address in the TLS segment (where every
 // __shared__ array lives) goes to the shared-memory checker, any other address to
 // AddressSanitizer's shadow, which reports heap overflows and use-after-free on device
 // buffers exactly as for host code.
@@ -485,16 +486,17 @@ void warp_op_unfenced(const WarpArrival& in) {
   const int n = lanes_in_warp(f.warp);
   const unsigned present = n == 32 ? 0xffffffffu : (1u << n) - 1u;
   if (!(a.mask >> f.lane & 1u))
-    report(Finding::WarpMask, a.file, a.line, "lane %d calls %s with mask 0x%08x, which leaves it out",
-           f.lane, op_name(a.kind), a.mask);
+    report(Finding::WarpMask, a.file, a.line,
+           "lane %d calls %s with mask 0x%08x, which leaves it out", f.lane, op_name(a.kind), a.mask);
   if (a.mask & ~present)
-    report(Finding::WarpMask, a.file, a.line, "mask 0x%08x names lanes this warp does not have (%d lanes)",
-           a.mask, n);
+    report(Finding::WarpMask, a.file, a.line,
+           "mask 0x%08x names lanes this warp does not have (%d lanes)", a.mask, n);
   unsigned exited = 0;
   for (int l = 0; l < n; ++l)
     if (g.fibers[static_cast<size_t>(f.warp * 32 + l)].state == State::Done) exited |= 1u << l;
   if (a.mask & exited)
-    report(Finding::WarpMask, a.file, a.line, "mask 0x%08x names lanes that exited (0x%08x)", a.mask,
+    report(Finding::WarpMask, a.file, a.line, "mask 0x%08x names lanes that exited (0x%08x)",
+           a.mask,
            a.mask & exited);
   a.mask = (a.mask & present & ~exited) | (1u << f.lane);
   f.arrival = a, f.file = a.file, f.line = a.line;
@@ -625,8 +627,12 @@ void reset_findings() {
 // the thread (unlike ASan's outlined checks, it keeps both halves of a read-modify-write).
 // The TSan runtime itself is not linked: these are all of it that the kernels need.
 #define EMU_HOOK(n)                                                                         \
-  extern "C" void __tsan_read##n(void* p) { emu::check(p, n, false, __builtin_return_address(0)); } \
-  extern "C" void __tsan_write##n(void* p) { emu::check(p, n, true, __builtin_return_address(0)); } \
+  extern "C" void __tsan_read##n(void* p) {                                                \
+    emu::check(p, n, false, __builtin_return_address(0));                                   \
+  }                                                                                         \
+  extern "C" void __tsan_write##n(void* p) {                                               \
+    emu::check(p, n, true, __builtin_return_address(0));                                    \
+  }                                                                                         \
   extern "C" void __tsan_unaligned_read##n(void* p) {                                      \
     emu::check(p, n, false, __builtin_return_address(0));                                   \
   }                                                                                         \

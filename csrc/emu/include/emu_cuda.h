@@ -174,8 +174,8 @@ void complete_shuffle(void* const* payloads, unsigned mask) {
     if (!(mask >> l & 1u)) continue;
     auto* p = static_cast<ShufflePayload<T>*>(payloads[l]);
     if (!(mask >> p->src & 1u)) {
-      report(Finding::WarpMask, nullptr, 0, "lane %d reads lane %d, which its mask 0x%08x leaves out", l,
-             p->src, mask);
+      report(Finding::WarpMask, nullptr, 0,
+             "lane %d reads lane %d, which its mask 0x%08x leaves out", l, p->src, mask);
       p->out = p->value;
       continue;
     }

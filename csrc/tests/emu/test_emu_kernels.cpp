@@ -111,7 +111,8 @@ void tile_resize_cases() {
       const float stdev[3] = {0.26862954f, 0.26130258f, 0.27577711f};
       std::memcpy(p.mean, mean, sizeof(mean));
       std::memcpy(p.stdev, stdev, sizeof(stdev));
-      for (int i = 0; i < p.num_images; ++i) p.total_crops += tile_resize_plan_crops(&plans[i * kPlanFields]);
+      for (int i = 0; i < p.num_images; ++i)
+        p.total_crops += tile_resize_plan_crops(&plans[size_t(i) * kPlanFields]);
       int32_t bad = -1;
       CHECK(tile_resize_validate(p, &bad) == nullptr);
       const TileResizeLayout layout = tile_resize_build_layout(p);
@@ -133,9 +134,8 @@ void tile_resize_cases() {
         q.images = dev_ptrs.data();
         const LaunchStatus st = tile_resize_cuda(q, layout, dev_layout.p, dev_table.p, nullptr);
         const bool same = out.host() == want;
-        CHECK(finish("tile_resize", batch.name + std::string(" ") + dtype_name(t) +
-                                        (filter == ResizeFilter::Bicubic ? " bicubic" : " bilinear"),
-                     st, same));
+        const char* f = filter == ResizeFilter::Bicubic ? " bicubic" : " bilinear";
+        CHECK(finish("tile_resize", batch.name + " " + dtype_name(t) + f, st, same));
       }
     }
   }
@@ -150,7 +150,8 @@ bool close(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b, DType t
            double tol, double* worst) {
   bool ok = true;
   for (size_t i = 0; i < n; ++i) {
-    const double x = load_as_float(a.data(), int64_t(i), t), y = load_as_float(b.data(), int64_t(i), t);
+    const double x = load_as_float(a.data(), int64_t(i), t);
+    const double y = load_as_float(b.data(), int64_t(i), t);
     if (std::isinf(x) && x == y) continue;  // lse of a row without keys
     const double err = std::fabs(x - y);
     if (!(err <= tol + tol * std::fabs(x))) ok = false;
@@ -228,11 +229,13 @@ void query_attention_case(const cases::AttnShape& s, DType t, bool shared, bool 
               close(got.lse, want.lse, DType::F32, ln, tol, &worst);
   // Gradients are sums over Lk (or Lq) of products: the tolerance scales with their size.
   same = same && close(got.dq, want.dq, t, qn, 4 * tol, &worst) &&
-         close(got.dk, want.dk, t, kn, 4 * tol, &worst) && close(got.dv, want.dv, t, kn, 4 * tol, &worst);
+         close(got.dk, want.dk, t, kn, 4 * tol, &worst) &&
+         close(got.dv, want.dv, t, kn, 4 * tol, &worst);
   char what[160];
-  std::snprintf(what, sizeof(what), "B%lld H%lld Lq%lld Lk%lld d%lld %s shared%d mask%d sm_%d (max err %.3g)",
-                (long long)B, (long long)H, (long long)Lq, (long long)Lk, (long long)d, dtype_name(t),
-                shared, masked, emu::arch(), worst);
+  std::snprintf(what, sizeof(what),
+                "B%lld H%lld Lq%lld Lk%lld d%lld %s shared%d mask%d sm_%d (max err %.3g)",
+                (long long)B, (long long)H, (long long)Lq, (long long)Lk, (long long)d,
+                dtype_name(t), shared, masked, emu::arch(), worst);
   CHECK(finish("query_attention", what, got.st, same));
 }
 
@@ -250,7 +253,8 @@ void query_attention_cases() {
   // Every architecture's shared-memory limit, with the largest layouts (d = 128).
   for (int sm : {80, 86, 89, 90}) {
     emu::set_arch(sm);
-    for (DType t : {DType::F32, DType::BF16}) query_attention_case({2, 1, 17, 9, 128}, t, true, true);
+    for (DType t : {DType::F32, DType::BF16})
+      query_attention_case({2, 1, 17, 9, 128}, t, true, true);
   }
   emu::set_arch(80);
 }
@@ -259,7 +263,8 @@ void query_attention_cases() {
 
 void token_select_case(const cases::SelectCase& c) {
   const int64_t B = c.B, M = c.M, T = c.T, H = c.H;
-  const auto tokens = random_values(size_t(B * M * H), c.dtype), text = random_values(size_t(B * T * H), c.dtype);
+  const auto tokens = random_values(size_t(B * M * H), c.dtype);
+  const auto text = random_values(size_t(B * T * H), c.dtype);
   std::vector<uint8_t> mask(size_t(B * T));
   for (auto& m : mask) m = (rng() % 5) != 0;
   const auto counts = cases::select_counts(c);
@@ -336,7 +341,8 @@ void token_select_case(const cases::SelectCase& c) {
 
   TokenPackBackwardParams g;
   g.B = B, g.M_max = M, g.K = M, g.H = H, g.N = N, g.dtype = c.dtype;
-  std::vector<uint8_t> want_gt = nan_bytes(size_t(B * M * H), c.dtype), want_gb = nan_bytes(size_t(N * H), c.dtype);
+  std::vector<uint8_t> want_gt = nan_bytes(size_t(B * M * H), c.dtype);
+  std::vector<uint8_t> want_gb = nan_bytes(size_t(N * H), c.dtype);
   g.grad_out = want_out.data(), g.indices = got_idx.data(), g.counts = got_cnt.data();
   g.row_offsets = offsets.data(), g.grad_tokens = want_gt.data(), g.grad_base = want_gb.data();
   token_pack_backward_cpu(g);
@@ -348,7 +354,37 @@ void token_select_case(const cases::SelectCase& c) {
   CHECK(finish("token_pack_backward", what, pst, gsame));
 }
 
+// token_pack over more images than grid.y's 65535: the launcher caps the grid and each
+// block loops over the images beyond it.
+void token_pack_many_images() {
+  const int64_t B = 65537, M = 3, H = 4, K = 2;
+  std::vector<int64_t> idx(static_cast<size_t>(B * K)), cnt(static_cast<size_t>(B)),
+      off(static_cast<size_t>(B));
+  int64_t N = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    cnt[size_t(b)] = b % 3 == 1 ? 1 : 2;
+    idx[size_t(b * K)] = b % M, idx[size_t(b * K + 1)] = (b + 1) % M;
+    off[size_t(b)] = N, N += cnt[size_t(b)];
+  }
+  const auto tokens = random_values(size_t(B * M * H), DType::F32);
+  const auto base = random_values(size_t(N * H), DType::F32);
+  TokenPackParams k;
+  k.B = B, k.M_max = M, k.K = K, k.H = H, k.N = N, k.dtype = DType::F32;
+  std::vector<uint8_t> want = nan_bytes(size_t(N * H), DType::F32);
+  k.tokens = tokens.data(), k.indices = idx.data(), k.counts = cnt.data();
+  k.row_offsets = off.data();
+  k.base = base.data(), k.out = want.data();
+  token_pack_cpu(k);
+  Dev<uint8_t> dtok(tokens), dbase(base), dout(nan_bytes(size_t(N * H), DType::F32));
+  Dev<int64_t> didx(idx), dcnt(cnt), doff(off);
+  k.tokens = dtok.p, k.indices = didx.p, k.counts = dcnt.p, k.row_offsets = doff.p;
+  k.base = dbase.p, k.out = dout.p;
+  const LaunchStatus st = token_pack_cuda(k, nullptr);
+  CHECK(finish("token_pack", "B65537 (grid.y split)", st, dout.host() == want));
+}
+
 void token_select_cases() {
+  token_pack_many_images();
   for (const auto& c : cases::select_cases()) token_select_case(c);
   for (const auto& c : cases::select_cases_large()) token_select_case(c);
 }
