@@ -19,7 +19,8 @@ inline LaunchStatus launch_status() {
 }
 
 // Every kernel launch, so that the same sources also build as host C++ for the CPU emulation
-// of CUDA (csrc/emu), which has no <<< >>>:  SLIME_LAUNCH(grid, block, smem, stream, kernel)(args).
+// of CUDA (csrc/emu), which has no <<< >>>:
+//   SLIME_LAUNCH(grid, block, smem_bytes, stream, kernel)(args...);
 #if defined(__CUDACC__)
 #define SLIME_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #else

@@ -487,7 +487,8 @@ void warp_op_unfenced(const WarpArrival& in) {
   const unsigned present = n == 32 ? 0xffffffffu : (1u << n) - 1u;
   if (!(a.mask >> f.lane & 1u))
     report(Finding::WarpMask, a.file, a.line,
-           "lane %d calls %s with mask 0x%08x, which leaves it out", f.lane, op_name(a.kind), a.mask);
+           "lane %d calls %s with mask 0x%08x, which leaves it out", f.lane, op_name(a.kind),
+           a.mask);
   if (a.mask & ~present)
     report(Finding::WarpMask, a.file, a.line,
            "mask 0x%08x names lanes this warp does not have (%d lanes)", a.mask, n);
