@@ -252,7 +252,9 @@ void token_pack_backward_cpu(const TokenPackBackwardParams& p) {
   char* gt = static_cast<char*>(p.grad_tokens);
   char* gb = static_cast<char*>(p.grad_base);
   // Zero bits are +0.0 in every float format.
-  std::memset(gt, 0, static_cast<size_t>(p.B * p.M_max) * row);
+  // (guarded: memset on a null pointer is undefined even for 0 bytes, and an empty
+  // grad_tokens may have none)
+  if (p.B * p.M_max > 0) std::memset(gt, 0, static_cast<size_t>(p.B * p.M_max) * row);
   if (p.N > 0) std::memcpy(gb, g, static_cast<size_t>(p.N) * row);
 #pragma omp parallel for schedule(static) if (big_copy(p.B * p.K, row))
   for (int64_t r = 0; r < p.B * p.K; ++r) {

@@ -18,6 +18,16 @@ inline LaunchStatus launch_status() {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
+// Every kernel launch, so that the same sources also build as host C++ for the CPU emulation
+// of CUDA (csrc/emu), which has no <<< >>>:
+//   SLIME_LAUNCH(grid, block, smem_bytes, stream, kernel)(args...);
+#if defined(__CUDACC__)
+#define SLIME_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#else
+#define SLIME_LAUNCH(grid, block, smem, stream, ...) \
+  ::emu::Launch(grid, block, smem, stream, __VA_ARGS__)
+#endif
+
 #define SLIME_CUDA_RETURN_IF_ERROR(expr)                      \
   do {                                                        \
     const cudaError_t slime_err_ = (expr);                    \

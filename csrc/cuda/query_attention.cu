@@ -72,13 +72,22 @@ struct FwdLayout {
   static constexpr int kLdO = DP + 4;      // float accumulator
   static constexpr size_t q_off = 0;
   static constexpr size_t k_off = align128(q_off + sizeof(S) * kFwdRows * kLdQK);
-  static constexpr size_t v_off = align128(k_off + sizeof(S) * kKeys * kLdQK);
-  static constexpr size_t s_off = align128(v_off + sizeof(S) * kKeys * kLdV);
+  // float32 loads V into K's buffer once the scores are done: with separate K and V tiles
+  // its d = 128 layout (107 KiB) would exceed the 99 KiB a block may have on sm_86/sm_89.
+  static constexpr bool kKVShared = !kMMA;
+  static constexpr size_t v_off = kKVShared ? k_off : align128(k_off + sizeof(S) * kKeys * kLdQK);
+  static constexpr size_t s_off =
+      align128(kKVShared ? k_off + sizeof(S) * kKeys * kLdQK : v_off + sizeof(S) * kKeys * kLdV);
   static constexpr size_t p_off = align128(s_off + sizeof(float) * kFwdRows * kLdS);
   static constexpr size_t o_off = align128(p_off + (kMMA ? sizeof(T) * kFwdRows * kLdP : 0));
   static constexpr size_t a_off = align128(o_off + sizeof(float) * kFwdRows * kLdO);
   static constexpr size_t bytes = a_off + sizeof(float) * kFwdRows;
 };
+
+// The largest forward layouts fit every sm_80+ architecture's opt-in limit (sm_86/sm_89:
+// 99 KiB), so a launch never fails for want of shared memory.
+static_assert(FwdLayout<float, 128>::bytes <= 99 * 1024, "float32 forward layout > 99 KiB");
+static_assert(FwdLayout<__nv_bfloat16, 128>::bytes <= 99 * 1024, "16-bit layout > 99 KiB");
 
 template <typename S, typename T>
 __device__ __forceinline__ S convert(T x) {
@@ -135,7 +144,8 @@ __global__ void __launch_bounds__(kThreads)
     const int nk = tile_rows(p.lk, j0, kKeys);
     __syncthreads();  // the previous tile's K/V/P are no longer read
     load_tile<S, T, DP>(ks, L::kLdQK, kb + j0 * p.k_strides.row, p.k_strides.row, kKeys, nk, d);
-    load_tile<S, T, DP>(vs, L::kLdV, vb + j0 * p.v_strides.row, p.v_strides.row, kKeys, nk, d);
+    if constexpr (!L::kKVShared)
+      load_tile<S, T, DP>(vs, L::kLdV, vb + j0 * p.v_strides.row, p.v_strides.row, kKeys, nk, d);
     __syncthreads();
 
     // Scores of this warp's 16 rows x 32 keys into ss.
@@ -195,6 +205,11 @@ __global__ void __launch_bounds__(kThreads)
       os[(wr + r) * L::kLdO + c] *= alpha_s[wr + r];
     }
     __syncwarp();
+    if constexpr (L::kKVShared) {
+      __syncthreads();  // every warp's scores are done with K
+      load_tile<S, T, DP>(vs, L::kLdV, vb + j0 * p.v_strides.row, p.v_strides.row, kKeys, nk, d);
+      __syncthreads();
+    }
 
     // O += P V for this warp's rows.
     if constexpr (L::kMMA) {
@@ -465,7 +480,7 @@ LaunchStatus query_attention_cuda(const QueryAttentionParams& p, cudaStream_t st
       if (LaunchStatus e = set_smem(kernel, bytes)) return e;
       dim3 grid;
       if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lq, kFwdRows, &grid)) return e;
-      kernel<<<grid, kThreads, bytes, stream>>>(p);
+      SLIME_LAUNCH(grid, kThreads, bytes, stream, kernel)(p);
       return launch_status();
     });
   });
@@ -485,7 +500,7 @@ LaunchStatus query_attention_backward_cuda(const QueryAttentionBackwardParams& p
         if (LaunchStatus e = set_smem(kernel, bytes)) return e;
         dim3 grid;
         if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lk, kBwdTile, &grid)) return e;
-        kernel<<<grid, kThreads, bytes, stream>>>(p);
+        SLIME_LAUNCH(grid, kThreads, bytes, stream, kernel)(p);
         if (LaunchStatus e = launch_status()) return e;
       }
       if (p.batch > 0 && p.heads > 0 && p.lq > 0) {
@@ -493,13 +508,13 @@ LaunchStatus query_attention_backward_cuda(const QueryAttentionBackwardParams& p
         if (LaunchStatus e = set_smem(kernel, bytes)) return e;
         dim3 grid;
         if (LaunchStatus e = flat_grid(p.batch, p.heads, p.lq, kBwdTile, &grid)) return e;
-        kernel<<<grid, kThreads, bytes, stream>>>(p);
+        SLIME_LAUNCH(grid, kThreads, bytes, stream, kernel)(p);
         if (LaunchStatus e = launch_status()) return e;
       }
       const int64_t n = p.heads * p.lq * p.d;
       if (shared && n > 0) {
         const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(ceil_div(n, 256), 4096));
-        query_attention_dq_reduce_kernel<scalar_t><<<blocks, 256, 0, stream>>>(p);
+        SLIME_LAUNCH(blocks, 256, 0, stream, query_attention_dq_reduce_kernel<scalar_t>)(p);
         if (LaunchStatus e = launch_status()) return e;
       }
       return LaunchStatus{nullptr};

@@ -226,13 +226,13 @@ LaunchStatus tile_resize_cuda(const TileResizeParams& p, const TileResizeLayout&
   if (blocks > 0x7fffffff) return "slime::tile_resize: batch too large for one launch";
   const size_t smem = static_cast<size_t>(rows) * chunk * 3;
   if (p.out_dtype == DType::U8) {
-    tile_resize_kernel<uint8_t><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-        a, static_cast<uint8_t*>(p.out));
+    SLIME_LAUNCH(static_cast<unsigned>(blocks), kThreads, smem, stream,
+                 tile_resize_kernel<uint8_t>)(a, static_cast<uint8_t*>(p.out));
     return cuda::launch_status();
   }
   return SLIME_CUDA_FLOAT_SWITCH(p.out_dtype, scalar_t, [&] {
-    tile_resize_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(
-        a, static_cast<scalar_t*>(p.out));
+    SLIME_LAUNCH(static_cast<unsigned>(blocks), kThreads, smem, stream,
+                 tile_resize_kernel<scalar_t>)(a, static_cast<scalar_t*>(p.out));
     return cuda::launch_status();
   });
 }

@@ -363,17 +363,17 @@ LaunchStatus launch_select(const TokenSelectParams& p, cudaStream_t stream) {
       const int64_t rows = p.B * p.T_max;
       const dim3 grid(static_cast<unsigned>(cuda::ceil_div(rows, rows_per_block)));
       SLIME_BOOL_SWITCH(text_vec, kVec, [&] {
-        text_inv_kernel<T, kVec><<<grid, kRowThreads, 0, stream>>>(text, p.text_mask, inv, rows,
-                                                                   p.H);
+        SLIME_LAUNCH(grid, kRowThreads, 0, stream, text_inv_kernel<T, kVec>)(text, p.text_mask,
+                                                                             inv, rows, p.H);
       });
       SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     const unsigned hblocks = static_cast<unsigned>(cuda::ceil_div(p.H, kColThreads));
-    text_partial_kernel<T><<<dim3(hblocks, grid_yz(ws.chunks), grid_yz(p.B)), kColThreads, 0,
-                             stream>>>(text, p.text_mask, inv, partial, p.B, p.T_max, p.H,
-                                       ws.chunks, ws.kTextChunk);
+    SLIME_LAUNCH(dim3(hblocks, grid_yz(ws.chunks), grid_yz(p.B)), kColThreads, 0, stream,
+                 text_partial_kernel<T>)(text, p.text_mask, inv, partial, p.B, p.T_max, p.H,
+                                         ws.chunks, ws.kTextChunk);
     SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    text_reduce_kernel<<<dim3(hblocks, grid_yz(p.B)), kColThreads, 0, stream>>>(
+    SLIME_LAUNCH(dim3(hblocks, grid_yz(p.B)), kColThreads, 0, stream, text_reduce_kernel)(
         partial, s, p.B, p.H, ws.chunks);
     SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
@@ -383,8 +383,8 @@ LaunchStatus launch_select(const TokenSelectParams& p, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>(cuda::ceil_div(rows, rows_per_block)));
     // H == 0: every score is 0 / eps = 0, which the kernel computes as well.
     SLIME_BOOL_SWITCH(tok_vec, kVec, [&] {
-      scores_kernel<T, kVec><<<grid, kRowThreads, 0, stream>>>(tokens, p.token_counts, s, scores,
-                                                               p.B, p.M_max, p.H);
+      SLIME_LAUNCH(grid, kRowThreads, 0, stream, scores_kernel<T, kVec>)(
+          tokens, p.token_counts, s, scores, p.B, p.M_max, p.H);
     });
     SLIME_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
@@ -421,7 +421,7 @@ LaunchStatus launch_select(const TokenSelectParams& p, cudaStream_t stream) {
           select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmemMax)));
     }
   }
-  select_kernel<<<static_cast<unsigned>(p.B), kSelectThreads, smem, stream>>>(a);
+  SLIME_LAUNCH(static_cast<unsigned>(p.B), kSelectThreads, smem, stream, select_kernel)(a);
   return cuda::launch_status();
 }
 
@@ -462,16 +462,16 @@ LaunchStatus launch_pack(const void* src, void* dst, void* zero, const int64_t* 
   const dim3 grid(static_cast<unsigned>(K), grid_yz(B));
   const int threads = 128;
   if (align % 16 == 0) {
-    pack_kernel<uint4, kBackward><<<grid, threads, 0, stream>>>(
+    SLIME_LAUNCH(grid, threads, 0, stream, pack_kernel<uint4, kBackward>)(
         static_cast<const uint4*>(src), static_cast<uint4*>(dst), static_cast<uint4*>(zero),
         indices, counts, row_offsets, B, K, M_max, N, static_cast<int64_t>(row_bytes / 16));
   } else if (align % 4 == 0) {
-    pack_kernel<uint32_t, kBackward><<<grid, threads, 0, stream>>>(
+    SLIME_LAUNCH(grid, threads, 0, stream, pack_kernel<uint32_t, kBackward>)(
         static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst),
         static_cast<uint32_t*>(zero), indices, counts, row_offsets, B, K, M_max, N,
         static_cast<int64_t>(row_bytes / 4));
   } else {
-    pack_kernel<uint16_t, kBackward><<<grid, threads, 0, stream>>>(
+    SLIME_LAUNCH(grid, threads, 0, stream, pack_kernel<uint16_t, kBackward>)(
         static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst),
         static_cast<uint16_t*>(zero), indices, counts, row_offsets, B, K, M_max, N,
         static_cast<int64_t>(row_bytes / 2));

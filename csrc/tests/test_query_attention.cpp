@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "cases.h"
 #include "slime/query_attention.h"
 #include "test_util.h"
 
@@ -214,15 +215,12 @@ bool run_case(const Case& c, std::mt19937& rng) {
 int main() {
   std::mt19937 rng(std::random_device{}());
   const DType dtypes[] = {DType::F32, DType::BF16, DType::F16, DType::F64};
-  const int64_t shapes[][5] = {{1, 1, 1, 1, 64}, {3, 2, 7, 70, 16}, {2, 1, 145, 65, 24},
-                               {1, 2, 5, 129, 128}, {2, 2, 0, 9, 8},  {0, 2, 4, 9, 8},
-                               {2, 1, 4, 0, 8},     {3, 1, 9, 3, 5}};
   int n = 0;
   for (DType t : dtypes)
-    for (const auto& s : shapes)
+    for (const cases::AttnShape& s : cases::attention_shapes())
       for (int shared = 0; shared < 2; ++shared)
         for (int masked = 0; masked < 2; ++masked) {
-          CHECK(run_case({s[0], s[1], s[2], s[3], s[4], shared == 1, masked == 1, t}, rng));
+          CHECK(run_case({s.batch, s.heads, s.lq, s.lk, s.d, shared == 1, masked == 1, t}, rng));
           ++n;
         }
   std::printf("%d cases\n", n);

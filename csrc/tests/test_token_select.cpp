@@ -7,10 +7,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <numeric>
 #include <random>
 #include <vector>
 
+#include "cases.h"
 #include "slime/token_select.h"
 #include "test_util.h"
 
@@ -29,34 +29,7 @@ uint16_t to_bits(float v, DType t) {
   return t == DType::BF16 ? float_to_bf16_bits(v) : float_to_f16_bits(v);
 }
 
-struct Case {
-  int64_t B, M, T, H;
-  DType dtype;
-  bool top_k;
-  double top_p;
-  int64_t k;
-  float prenorm;
-  bool noise;
-};
-
-// Keys (p desc, index asc) and SliME's rule, written independently of the kernel.
-std::vector<int64_t> select_ref(const float* p, int64_t M, const Case& c) {
-  std::vector<int64_t> order(static_cast<size_t>(M));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
-  int64_t keep = M;
-  if (c.top_k) {
-    keep = std::min(c.k, M);
-  } else if (c.top_p < 1.0) {
-    double s = 0.0;
-    int64_t n = 0;
-    while (n < M && (s += p[order[n]]) <= c.top_p) ++n;
-    keep = n < M ? n + 1 : M;
-  }
-  std::vector<int64_t> kept(order.begin(), order.begin() + keep);
-  std::sort(kept.begin(), kept.end());
-  return kept;
-}
+using Case = cases::SelectCase;
 
 void run_case(const Case& c) {
   const int64_t B = c.B, M = c.M, T = c.T, H = c.H;
@@ -85,9 +58,7 @@ void run_case(const Case& c) {
     if (c.dtype != DType::F32)
       for (int64_t h = 0; h < H; ++h) e16[h] = 0;
   }
-  std::vector<int64_t> counts(static_cast<size_t>(B));
-  for (int64_t b = 0; b < B; ++b) counts[b] = b == 1 ? 0 : (b == 2 ? M / 2 + 1 : M);
-  for (auto& v : counts) v = std::min(v, M);
+  const std::vector<int64_t> counts = cases::select_counts(c);
   std::vector<float> noise(static_cast<size_t>(B * M));
   for (auto& v : noise) v = 0.1f * randn();
 
@@ -148,7 +119,7 @@ void run_case(const Case& c) {
     for (int64_t m = 0; m < Mb; ++m)
       CHECK(std::fabs(probs[b * M + m] - q[m]) <= 1e-5 * q[m] + 1e-9);
     for (int64_t m = Mb; m < M; ++m) CHECK(probs[b * M + m] == 0.0f);
-    const auto kept = select_ref(probs.data() + b * M, Mb, c);
+    const auto kept = cases::select_ref(probs.data() + b * M, Mb, c);
     CHECK(cnt[b] == static_cast<int64_t>(kept.size()));
     for (int64_t j = 0; j < M; ++j)
       CHECK(idx[b * M + j] == (j < static_cast<int64_t>(kept.size()) ? kept[j] : -1));
@@ -203,17 +174,7 @@ void test_pack(DType dtype) {
 }  // namespace
 
 int main() {
-  const DType dts[] = {DType::F32, DType::BF16, DType::F16};
-  for (DType dt : dts) {
-    run_case({3, 37, 5, 64, dt, false, 0.9, 0, 0.5f, false});
-    run_case({3, 37, 5, 67, dt, false, 0.6, 0, 0.0f, true});
-    run_case({3, 144, 7, 300, dt, true, 1.0, 10, 0.0f, true});
-    run_case({3, 5, 3, 16, dt, true, 1.0, 50, 0.0f, false});
-    run_case({3, 11, 0, 16, dt, false, 0.35, 0, 0.0f, false});  // no text: uniform p
-    run_case({2, 0, 4, 16, dt, false, 0.5, 0, 0.0f, false});    // no tokens
-    run_case({1, 1, 1, 1, dt, false, 1.0, 0, 0.5f, false});
-    test_pack(dt);
-  }
-  run_case({0, 4, 4, 16, DType::F32, false, 0.5, 0, 0.0f, false});  // empty batch
+  for (const Case& c : cases::select_cases()) run_case(c);
+  for (DType dt : {DType::F32, DType::BF16, DType::F16}) test_pack(dt);
   TEST_MAIN_END();
 }
