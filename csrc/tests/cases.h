@@ -115,11 +115,19 @@ inline std::vector<TileBatch> tile_resize_batches() {
   };
 }
 
+// Pillow 13's pass order: vertical first when the height shrinks by more than twice the
+// width's shrink (slime_core.ops.tile_resize.pillow_vertical_first is the real rule).
+inline int32_t pillow13_vertical_first(int in_w, int in_h, int out_w, int out_h) {
+  return (in_h - out_h) > 0 && (in_h - out_h) > 2 * (in_w - out_w);
+}
+
 // A plan (kPlanFields values, unnamed fields 0): SliME's resize-and-pad onto the grid, and
-// the global view.
-inline std::vector<int32_t> tile_resize_plan(const TileImage& im, int S) {
+// the global view. The pass-order flags follow Pillow 13's rule, or its opposite with
+// flip_order (so a case list covers both orders of every resize).
+inline std::vector<int32_t> tile_resize_plan(const TileImage& im, int S, bool flip_order = false) {
   std::vector<int32_t> plan(slime::kPlanFields, 0);
   plan[slime::kPlanGlobal] = 1;
+  plan[slime::kPlanGlobalVFirst] = pillow13_vertical_first(im.w, im.h, S, S) != flip_order;
   if (im.grid_w == 0) return plan;
   const int TW = im.grid_w * S, TH = im.grid_h * S;
   int nw, nh;
@@ -133,6 +141,7 @@ inline std::vector<int32_t> tile_resize_plan(const TileImage& im, int S) {
   plan[slime::kPlanGridW] = im.grid_w, plan[slime::kPlanGridH] = im.grid_h;
   plan[slime::kPlanNewW] = nw, plan[slime::kPlanNewH] = nh;
   plan[slime::kPlanOffX] = (TW - nw) / 2, plan[slime::kPlanOffY] = (TH - nh) / 2;
+  plan[slime::kPlanTilesVFirst] = pillow13_vertical_first(im.w, im.h, nw, nh) != flip_order;
   return plan;
 }
 
