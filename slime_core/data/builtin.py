@@ -1,0 +1,313 @@
+"""The built-in dataset: high-resolution scenes whose questions only small details answer.
+
+    paths = build_builtin("data/builtin", seed=0)
+    paths.train_json, paths.val_json     # instruction QA, LLaVA format, "question_type" field
+    paths.captions_json                  # caption pairs for the alignment stages ("plain")
+    paths.image_folder                   # the PNGs (image paths in the JSON are relative to it)
+    paths.tokenizer_folder               # tokenizer.json + tokenizer_config.json, trained here
+
+Each image (width 1000 to 2000 px by default) is cut into a 3 x 3 grid of named cells ("top
+left", ..., "centre", ..., "bottom right"). Every cell holds one cluster: `shapes_per_cell`
+small shapes side by side (distinct shapes from square, circle, triangle, cross; distinct
+colours from a palette of 7) and a digit drawn with Pillow's default font. Questions name a
+cell and ask for one detail of its cluster:
+
+    colour  "What colour is the triangle in the top left?"   -> "red"
+    shape   "Which shape is blue in the centre?"             -> "circle"
+    digit   "Which digit is in the bottom right?"            -> "7"
+
+Why this task shows SliME's points at small scale:
+- the detail is invisible in the global view. A shape is `detail_frac` (2.5%) of the image
+  width: 37 px in a 1500 x 1000 image. SliME's planner cuts that image into 3 x 2 tiles, so
+  with 112-px tiles the local view is 336 px wide and the shape 8 px across (a legible square,
+  circle, triangle or cross, in a 14-px patch), while the global view (112 px wide) makes it
+  2.8 px: shapes and digits are lost, and the cluster's colours blend into one blob, so even
+  the colour questions need the local view to bind a colour to its shape;
+- the answer lives in one cell of nine (one cluster, ~1% of the image's area), so keeping a
+  few local tokens, the ones the question's words point at, can keep the accuracy;
+- every answer is one word from a closed set (7 colours, 4 shapes, 10 digits): exact match
+  is a meaningful accuracy, per question type;
+- questions and captions come from a few templates, and the tokenizer is trained on them
+  (a word-level vocabulary of about 100 tokens), so a tiny model learns the text side fast.
+
+With smaller tiles (56 px) the shapes shrink to 4 px in the local view: raise detail_frac
+(e.g. 0.04) or lower image_width. Everything is a parameter; all sizes scale with the width.
+
+Deterministic: each image is drawn from its own random stream, seeded by (seed, split,
+index), so the same seed gives byte-identical files whatever n_train, n_val or workers are,
+and the validation split does not change when the training split grows.
+"""
+import dataclasses
+import json
+import multiprocessing
+import os
+import random
+
+from PIL import Image, ImageDraw, ImageFont
+from tokenizers import Tokenizer as _Backend
+from tokenizers import models, pre_tokenizers, trainers
+
+from slime_core.text import IMAGE_PLACEHOLDER, get_template
+
+POSITIONS = ("top left", "top middle", "top right", "middle left", "centre", "middle right",
+             "bottom left", "bottom middle", "bottom right")  # row-major 3 x 3 cells
+COLOURS = {"red": (215, 35, 35), "green": (35, 150, 55), "blue": (40, 70, 215),
+           "yellow": (230, 195, 15), "purple": (135, 50, 170), "orange": (240, 125, 20),
+           "black": (20, 20, 20)}
+SHAPES = ("square", "circle", "triangle", "cross")
+DIGITS = tuple("0123456789")
+QUESTION_TYPES = ("colour", "shape", "digit")
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                  "unk_token": "<unk>"}
+DEMO_TEMPLATE = "vicuna_v1"  # instruction records; captions.json is for the "plain" template
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinPaths:
+    folder: str
+    image_folder: str     # image paths in the JSON files are relative to this folder
+    train_json: str
+    val_json: str
+    captions_json: str
+    tokenizer_folder: str
+
+
+def _check_range(name, value, low, high, kind=int):
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
+        raise TypeError(f"{name} must be a pair ({kind.__name__}, {kind.__name__}), "
+                        f"got {value!r}")
+    if not low <= value[0] <= value[1] <= high:
+        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
+
+
+def _check_count(name, value, low=0):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+
+
+def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell):
+    """Everything about one image, drawn from its own stream (no pixels yet)."""
+    # A str seed goes through SHA-512 in random.seed: stable across runs and platforms.
+    rng = random.Random(f"slime-builtin/{seed}/{split}/{index}")
+    width = rng.randint(*image_width)
+    height = max(1, round(width * rng.uniform(*aspect)))
+    background = tuple(rng.randint(195, 245) for _ in range(3))
+    size = max(3, round(detail_frac * width))
+    gap = max(1, size // 2)
+    cluster_w = shapes_per_cell * size + shapes_per_cell * gap + size  # shapes, then digit
+    cells = []
+    for k, position in enumerate(POSITIONS):
+        row, col = divmod(k, 3)
+        x0, x1 = col * width // 3, (col + 1) * width // 3
+        y0, y1 = row * height // 3, (row + 1) * height // 3
+        margin = gap
+        x = rng.randint(x0 + margin, max(x0 + margin, x1 - margin - cluster_w))
+        y = rng.randint(y0 + margin, max(y0 + margin, y1 - margin - size))
+        shapes = rng.sample(SHAPES, shapes_per_cell)
+        colours = rng.sample(sorted(COLOURS), shapes_per_cell)
+        cells.append({"position": position, "x": x, "y": y, "shapes": shapes,
+                      "colours": colours, "digit": rng.choice(DIGITS)})
+    return {"width": width, "height": height, "background": background, "size": size,
+            "gap": gap, "cells": cells, "rng_state": rng.getstate()}
+
+
+def _draw_shape(draw, shape, x, y, size, fill):
+    s = size - 1  # Pillow's boxes include their last pixel
+    if shape == "square":
+        draw.rectangle([x, y, x + s, y + s], fill=fill)
+    elif shape == "circle":
+        draw.ellipse([x, y, x + s, y + s], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x + s / 2, y), (x + s, y + s), (x, y + s)], fill=fill)
+    else:  # cross: a plus sign whose bars are a third of the size
+        t = max(1, size // 3)
+        a = (size - t) // 2
+        draw.rectangle([x + a, y, x + a + t - 1, y + s], fill=fill)
+        draw.rectangle([x, y + a, x + s, y + a + t - 1], fill=fill)
+
+
+def _render(scene, path, compress_level):
+    image = Image.new("RGB", (scene["width"], scene["height"]), scene["background"])
+    draw = ImageDraw.Draw(image)
+    size, gap = scene["size"], scene["gap"]
+    # Pillow's default font (FreeType Aileron where FreeType is built in); the digit's glyph
+    # is about as tall as the shapes.
+    font = ImageFont.load_default(size=max(4, round(size * 1.4)))
+    for cell in scene["cells"]:
+        x, y = cell["x"], cell["y"]
+        for shape, colour in zip(cell["shapes"], cell["colours"]):
+            _draw_shape(draw, shape, x, y, size, COLOURS[colour])
+            x += size + gap
+        draw.text((x, y + size / 2), cell["digit"], font=font, fill=(0, 0, 0), anchor="lm")
+    image.save(path, format="PNG", compress_level=compress_level)
+
+
+def _render_job(job):
+    _render(*job)
+
+
+def _question(rng, cell, question_type):
+    position = cell["position"]
+    if question_type == "colour":
+        k = rng.randrange(len(cell["shapes"]))
+        return f"What colour is the {cell['shapes'][k]} in the {position}?", cell["colours"][k]
+    if question_type == "shape":
+        k = rng.randrange(len(cell["shapes"]))
+        return f"Which shape is {cell['colours'][k]} in the {position}?", cell["shapes"][k]
+    return f"Which digit is in the {position}?", cell["digit"]
+
+
+def _describe(cell):
+    parts = [f"{c} {s}" for s, c in zip(cell["shapes"], cell["colours"])]
+    return f"{cell['position']}: " + ", ".join(parts) + f", digit {cell['digit']}."
+
+
+def _records(scene, image, rng, questions_per_image, question_types, caption_cells, split,
+             index):
+    qa = []
+    for q in range(questions_per_image):
+        cell = rng.choice(scene["cells"])
+        question_type = rng.choice(question_types)
+        question, answer = _question(rng, cell, question_type)
+        qa.append({"id": f"{split}_{index:06d}_{q}", "image": image,
+                   "question_type": question_type, "position": cell["position"],
+                   "conversations": [
+                       {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question}"},
+                       {"from": "gpt", "value": answer}]})
+    cells = sorted(rng.sample(range(len(POSITIONS)), caption_cells))
+    caption = {"id": f"{split}_{index:06d}_caption", "image": image,
+               "conversations": [
+                   {"from": "human", "value": IMAGE_PLACEHOLDER},
+                   {"from": "gpt", "value": " ".join(_describe(scene["cells"][k])
+                                                     for k in cells)}]}
+    return qa, caption
+
+
+def _train_tokenizer(texts, folder):
+    """A word-level tokenizer of the dataset's own words (and the templates' strings)."""
+    backend = _Backend(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
+    # \w+ | [^\w\s]+ pieces: "left?" is "left" and "?", so answers are single tokens.
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=100_000, min_frequency=1, show_progress=False,
+        special_tokens=[SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "eos_token",
+                                                     "unk_token")])
+    backend.train_from_iterator(texts, trainer)
+    os.makedirs(folder, exist_ok=True)
+    backend.save(os.path.join(folder, "tokenizer.json"))
+    # LLaMA-style: BOS before every text, EOS ("</s>", Vicuna's answer end) from the template.
+    config = dict(SPECIAL_TOKENS, add_bos_token=True, add_eos_token=False,
+                  model_max_length=512, tokenizer_class="PreTrainedTokenizerFast")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def _template_texts():
+    """Every string the templates the dataset is meant for add around the conversation."""
+    texts = []
+    for name in (DEMO_TEMPLATE, "plain"):
+        t = get_template(name)
+        texts += [t.system, t.user.format(content=" "), t.assistant, t.generation]
+    return [t.replace(IMAGE_PLACEHOLDER, " ") for t in texts]
+
+
+def _write_json(path, records):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+        f.write("\n")
+
+
+def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 2000),
+                  aspect=(0.5, 1.0), detail_frac=0.025, shapes_per_cell=3,
+                  questions_per_image=2, question_types=QUESTION_TYPES, caption_cells=3,
+                  compress_level=1, workers=0):
+    """Write the built-in dataset into `folder` (created if missing; files there are
+    overwritten) and return its BuiltinPaths.
+
+    n_train, n_val:      images per split; each gives questions_per_image QA records (one
+                         cell and one question type each, drawn at random) and one caption
+    image_width:         (min, max) width in pixels; height = width * uniform(aspect)
+    aspect:              (min, max) height / width
+    detail_frac:         side of a shape as a fraction of the image width (digits alike)
+    shapes_per_cell:     shapes in each cell's cluster (1 to 4, all different)
+    question_types:      a subset of ("colour", "shape", "digit")
+    caption_cells:       cells a caption describes (1 to 9)
+    compress_level:      PNG zlib level (1: fast, files ~30 KB since most pixels are flat)
+    workers:             processes drawing the images (0: this one); no effect on the bytes
+    """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder must be a path, got {type(folder).__name__}")
+    _check_count("seed", seed)
+    _check_count("n_train", n_train, 1)
+    _check_count("n_val", n_val, 0)
+    _check_range("image_width", image_width, 64, 16384)
+    _check_range("aspect", aspect, 0.05, 20.0, kind=float)
+    if isinstance(detail_frac, bool) or not isinstance(detail_frac, (int, float)):
+        raise TypeError(f"detail_frac must be a number, got {type(detail_frac).__name__}")
+    _check_count("shapes_per_cell", shapes_per_cell, 1)
+    if shapes_per_cell > len(SHAPES):
+        raise ValueError(f"shapes_per_cell must be at most {len(SHAPES)}, got {shapes_per_cell}")
+    # A cluster (shapes, half-size gaps, digit, margins) must fit in a cell, a third of
+    # the width, and its row (size plus margins) in a third of the height.
+    max_frac = 1 / (3 * (1.5 * shapes_per_cell + 2))
+    if not 0 < detail_frac <= max_frac:
+        raise ValueError(f"detail_frac must be in (0, {max_frac:.4f}] so that a cluster of "
+                         f"{shapes_per_cell} shapes fits in a cell, got {detail_frac}")
+    if aspect[0] < 6 * detail_frac:
+        raise ValueError(f"aspect's minimum must be at least 6 * detail_frac = "
+                         f"{6 * detail_frac:.3f} so that a cluster fits in a cell's height, "
+                         f"got {aspect[0]}")
+    _check_count("questions_per_image", questions_per_image, 1)
+    question_types = tuple(question_types)
+    bad = [t for t in question_types if t not in QUESTION_TYPES]
+    if not question_types or bad:
+        raise ValueError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, "
+                         f"got {question_types!r}")
+    _check_count("caption_cells", caption_cells, 1)
+    if caption_cells > len(POSITIONS):
+        raise ValueError(f"caption_cells must be at most {len(POSITIONS)}, got {caption_cells}")
+    if isinstance(compress_level, bool) or compress_level not in range(10):
+        raise ValueError(f"compress_level must be an int in 0..9, got {compress_level!r}")
+    _check_count("workers", workers)
+
+    folder = os.fspath(folder)
+    image_folder = os.path.join(folder, "images")
+    os.makedirs(image_folder, exist_ok=True)
+    jobs, splits, captions = [], {"train": [], "val": []}, []
+    for split, count in (("train", n_train), ("val", n_val)):
+        for i in range(count):
+            scene = _scene(seed, split, i, tuple(image_width), tuple(aspect), detail_frac,
+                           shapes_per_cell)
+            rng = random.Random()
+            rng.setstate(scene.pop("rng_state"))
+            name = f"{split}_{i:06d}.png"
+            qa, caption = _records(scene, name, rng, questions_per_image, question_types,
+                                   caption_cells, split, i)
+            splits[split] += qa
+            if split == "train":
+                captions.append(caption)
+            jobs.append((scene, os.path.join(image_folder, name), compress_level))
+    if workers:
+        with multiprocessing.Pool(workers) as pool:
+            pool.map(_render_job, jobs, chunksize=16)
+    else:
+        for job in jobs:
+            _render_job(job)
+
+    paths = BuiltinPaths(folder=folder, image_folder=image_folder,
+                         train_json=os.path.join(folder, "train.json"),
+                         val_json=os.path.join(folder, "val.json"),
+                         captions_json=os.path.join(folder, "captions.json"),
+                         tokenizer_folder=os.path.join(folder, "tokenizer"))
+    _write_json(paths.train_json, splits["train"])
+    _write_json(paths.val_json, splits["val"])
+    _write_json(paths.captions_json, captions)
+    texts = _template_texts() + [turn["value"].replace(IMAGE_PLACEHOLDER, " ")
+                                 for records in (splits["train"], splits["val"], captions)
+                                 for r in records for turn in r["conversations"]]
+    _train_tokenizer(texts, paths.tokenizer_folder)
+    return paths
