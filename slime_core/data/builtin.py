@@ -45,7 +45,7 @@ import random
 
 from PIL import Image, ImageDraw, ImageFont
 from tokenizers import Tokenizer as _Backend
-from tokenizers import models, pre_tokenizers, trainers
+from tokenizers import models, pre_tokenizers, processors, trainers
 
 from slime_core.text import IMAGE_PLACEHOLDER, get_template
 
@@ -196,9 +196,15 @@ def _train_tokenizer(texts, folder):
         special_tokens=[SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "eos_token",
                                                      "unk_token")])
     backend.train_from_iterator(texts, trainer)
+    # BOS before every text, as LLaMA's tokenizers (Vicuna's) add it; in tokenizer.json, so
+    # that transformers and slime_core.text read the same rule.
+    bos = SPECIAL_TOKENS["bos_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+        special_tokens=[(bos, backend.token_to_id(bos))])
     os.makedirs(folder, exist_ok=True)
     backend.save(os.path.join(folder, "tokenizer.json"))
-    # LLaMA-style: BOS before every text, EOS ("</s>", Vicuna's answer end) from the template.
+    # EOS ("</s>", Vicuna's answer end) comes from the template, never from the tokenizer.
     config = dict(SPECIAL_TOKENS, add_bos_token=True, add_eos_token=False,
                   model_max_length=512, tokenizer_class="PreTrainedTokenizerFast")
     with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
