@@ -205,38 +205,54 @@ def test_dataset_is_lazy_and_samples_match_their_parts(built, tok, proc):
         ds[len(ds)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cached_images_are_the_processors_pixels(built, tok, dtype):
-    proc = ImageProcessor(tile_size=TILE, dtype=dtype)
-    plain = LlavaDataset(built.train_json, built.image_folder, tok, "vicuna_v1", proc)
+def test_cached_images_are_the_processors_pixels(built, tok, train, proc):
     counting = CountingProcessor(None)
     cached = LlavaDataset(built.train_json, built.image_folder, tok, "vicuna_v1", proc,
                           cache_images=True)
     cached._raw = counting.wrap(cached._raw)
-    order = list(range(len(plain)))
+    order = list(range(len(train)))
     random.Random(SEED).shuffle(order)
+    expected = {k: train[k] for k in order}
     for k in order + order:  # the second pass is served from the cache
-        a, b = plain[k], cached[k]
-        assert b["pixel_values"].dtype == dtype
+        a, b = expected[k], cached[k]
+        assert b["pixel_values"].dtype == torch.float32
         assert torch.equal(a["pixel_values"], b["pixel_values"]), k
         assert (a["crops_per_image"], a["grids_wh"]) == (b["crops_per_image"], b["grids_wh"])
     # questions_per_image=2: two records per image, each image processed once
     assert len(counting.calls) == 12 and len({c[0] for c in counting.calls}) == 12
+    # other output dtypes: normalised in float32, then rounded, as tile_resize does
+    for dtype in (torch.bfloat16, torch.uint8):
+        other = ImageProcessor(tile_size=TILE, dtype=dtype)
+        plain = LlavaDataset(built.train_json, built.image_folder, tok, "vicuna_v1", other)
+        cached = LlavaDataset(built.train_json, built.image_folder, tok, "vicuna_v1", other,
+                              cache_images=True)
+        for k in order[:3]:
+            a, b = plain[k]["pixel_values"], cached[k]["pixel_values"]
+            assert b.dtype == dtype and torch.equal(a, b), (dtype, k)
     with pytest.raises(TypeError, match="ImageProcessor"):
         LlavaDataset(built.train_json, built.image_folder, tok, "vicuna_v1",
                      CountingProcessor(proc), cache_images=True)
 
 
-def test_collate_ragged_batch(train, tok):
+def test_collate_ragged_batch(tmp_path, built, train, tok):
     """Batches mixing crop counts and text lengths (captions and questions together)."""
-    captions = LlavaDataset(os.path.join(os.path.dirname(train.json_path), "captions.json"),
-                            train.image_folder, tok, "plain", train.processor)
+    captions = LlavaDataset(built.captions_json, built.image_folder, tok, "plain",
+                            train.processor)
+    # Two more images whose sizes make SliME's planner pick 2 and 7 tiles.
+    image = Image.open(os.path.join(built.image_folder, "train_000000.png"))
+    for name, size in (("small.png", (50, 40)), ("wide.png", (400, 57))):
+        image.resize(size).save(tmp_path / name)
+    records = [{"image": name, "conversations": [
+        {"from": "human", "value": "<image>\nWhich digit is in the centre?"},
+        {"from": "gpt", "value": "3"}]} for name in ("small.png", "wide.png")]
+    (tmp_path / "more.json").write_text(json.dumps(records))
+    more = LlavaDataset(str(tmp_path / "more.json"), str(tmp_path), tok, "vicuna_v1",
+                        train.processor)
     rng = random.Random(SEED)
-    samples = [train[rng.randrange(len(train))] for _ in range(3)] + \
-        [captions[rng.randrange(len(captions))] for _ in range(2)]
+    samples = [train[rng.randrange(len(train))], more[0], more[1],
+               captions[rng.randrange(len(captions))], captions[rng.randrange(len(captions))]]
     rng.shuffle(samples)
-    assert len({s["crops_per_image"] for s in samples} |
-               {s["crops_per_image"] for s in (train[i] for i in range(len(train)))}) > 1
+    assert {s["crops_per_image"] for s in samples} >= {3, 8}
     pad = tok.pad_id
     batch = collate(samples, pad)
     assert tuple(batch) == COLLATE_KEYS

@@ -214,7 +214,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         # tile_resize's own arithmetic: (x / 255 - mean) / std in float32, then rounded.
         mean = torch.tensor(p.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(p.std, dtype=torch.float32).view(1, 3, 1, 1)
-        pixels = ((raw.float() / 255 - mean) / std).to(p.dtype)
+        pixels = raw.float().div_(255).sub_(mean).div_(std).to(p.dtype)
         return pixels.to(p.device), crops, grid
 
     def __getitem__(self, k):
