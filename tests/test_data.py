@@ -351,6 +351,9 @@ def test_bad_records_skipped_and_reported(tmp_path, built, tok, proc, caplog):
     assert "record 4" in caplog.text and "record 5 is used in its place" in caplog.text
     with pytest.raises(ValueError, match="on_error"):
         LlavaDataset(path, folder, tok, "vicuna_v1", proc, on_error="ignore")
+    # A tokenizer without the template's special tokens fails once, up front.
+    with pytest.raises(ValueError, match="start_header_id.*do not match"):
+        LlavaDataset(path, folder, tok, "llama3", proc)
 
 
 # ---- loading: workers, order, resuming -----------------------------------------------------
@@ -381,6 +384,11 @@ def test_two_workers_match_in_process(train):
     same_batches(a, b)
     assert sorted(i for x in a for i in x["index"]) == list(range(24))
     assert [len(x["index"]) for x in a] == [5, 5, 5, 5, 4]
+    # Leaving a loop early and starting another: the workers (persistent) go on from there.
+    loader = make_loader(train, 5, shuffle=True, seed=seed, num_workers=2)
+    head = batches(loader, 2)
+    same_batches(head + batches(loader), a)
+    assert loader.state_dict()["epoch"] == 1
 
 
 @pytest.mark.parametrize("group_by_length", [False, True])

@@ -6,7 +6,7 @@
     paths.image_folder                   # the PNGs (image paths in the JSON are relative to it)
     paths.tokenizer_folder               # tokenizer.json + tokenizer_config.json, trained here
 
-Each image (width 1000 to 2000 px by default) is cut into a 3 x 3 grid of named cells ("top
+Each image (1000 to 2000 px wide by default) is cut into a 3 x 3 grid of named cells ("top
 left", ..., "centre", ..., "bottom right"). Every cell holds one cluster: `shapes_per_cell`
 small shapes side by side (distinct shapes from square, circle, triangle, cross; distinct
 colours from a palette of 7) and a digit drawn with Pillow's default font. Questions name a
@@ -17,21 +17,21 @@ cell and ask for one detail of its cluster:
     digit   "Which digit is in the bottom right?"            -> "7"
 
 Why this task shows SliME's points at small scale:
-- the detail is invisible in the global view. A shape is `detail_frac` (2.5%) of the image
-  width: 37 px in a 1500 x 1000 image. SliME's planner cuts that image into 3 x 2 tiles, so
-  with 112-px tiles the local view is 336 px wide and the shape 8 px across (a legible square,
-  circle, triangle or cross, in a 14-px patch), while the global view (112 px wide) makes it
-  2.8 px: shapes and digits are lost, and the cluster's colours blend into one blob, so even
-  the colour questions need the local view to bind a colour to its shape;
-- the answer lives in one cell of nine (one cluster, ~1% of the image's area), so keeping a
-  few local tokens, the ones the question's words point at, can keep the accuracy;
+- the detail is invisible in the global view. With aspects of 0.5 to 0.8, SliME's planner
+  cuts every image into 3 x 2 tiles of S pixels, so a shape of side detail_frac * width
+  is about (2.5 to 3) * detail_frac * S pixels wide in the local view and detail_frac * S in
+  the global view (S pixels for the whole width). Defaults, S = 112: shapes of 5.6 to 6.7 px
+  in the tiles (square, circle, triangle, cross and the digits legible in a 14-px patch) and
+  2.2 px in the global view, where shapes and digits are lost and a cluster's colours blend
+  into one blob: even the colour questions need the local view to bind a colour to its
+  shape (from the global view, a third of them at best). For S = 56 use detail_frac=0.04
+  (the same sizes in pixels); the ratio of local to global is the grid's width, 3, at any S;
+- the answer lives in one cell of nine (one cluster, under 1% of the image's area), so
+  keeping a few local tokens, the ones the question's words point at, can keep the accuracy;
 - every answer is one word from a closed set (7 colours, 4 shapes, 10 digits): exact match
   is a meaningful accuracy, per question type;
 - questions and captions come from a few templates, and the tokenizer is trained on them
-  (a word-level vocabulary of about 100 tokens), so a tiny model learns the text side fast.
-
-With smaller tiles (56 px) the shapes shrink to 4 px in the local view: raise detail_frac
-(e.g. 0.04) or lower image_width. Everything is a parameter; all sizes scale with the width.
+  (a word-level vocabulary of about 70 tokens), so a tiny model learns the text side fast.
 
 Deterministic: each image is drawn from its own random stream, seeded by (seed, split,
 index), so the same seed gives byte-identical files whatever n_train, n_val or workers are,
@@ -228,7 +228,7 @@ def _write_json(path, records):
 
 
 def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 2000),
-                  aspect=(0.5, 1.0), detail_frac=0.025, shapes_per_cell=3,
+                  aspect=(0.5, 0.8), detail_frac=0.02, shapes_per_cell=3,
                   questions_per_image=2, question_types=QUESTION_TYPES, caption_cells=3,
                   compress_level=1, workers=0):
     """Write the built-in dataset into `folder` (created if missing; files there are

@@ -31,6 +31,7 @@ import copy
 import functools
 import json
 import logging
+import operator
 import os
 import random
 
@@ -40,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 from slime_core.preprocess.adapters import ImageInputError
 from slime_core.preprocess.processor import ImageProcessor
 from slime_core.text import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Template, Tokenizer,
-                             get_template, tokenize_conversation)
+                             _check_template_tokens, get_template, tokenize_conversation)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         if not isinstance(template, Template):
             raise TypeError(f"template must be a template name or a Template, got "
                             f"{type(template).__name__}")
+        # Once here, not once per record: a mismatch would fail every record alike.
+        _check_template_tokens(tokenizer, template)
         if not callable(processor):
             raise TypeError(f"processor must be an ImageProcessor, got {type(processor).__name__}")
         if getattr(processor, "layout", "flat") != "flat":
@@ -158,7 +161,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         if "conversations" not in record:
             raise DataError("no 'conversations'")
         if not isinstance(record.get("image"), str) or not record["image"]:
-            raise DataError("no 'image' (text-only records are not supported)")
+            raise DataError("'image' must name one file (text-only and multi-image records "
+                            "are not supported)")
         input_ids, _ = self._tokenize(record)
         images = input_ids.count(IMAGE_TOKEN_INDEX)
         if images != 1:
@@ -218,8 +222,12 @@ class LlavaDataset(torch.utils.data.Dataset):
         return pixels.to(p.device), crops, grid
 
     def __getitem__(self, k):
-        if isinstance(k, bool) or not isinstance(k, int):
-            raise TypeError(f"index must be an int, got {type(k).__name__}")
+        if isinstance(k, bool):
+            raise TypeError("index must be an int, got bool")
+        try:
+            k = operator.index(k)  # numpy and torch integers too
+        except TypeError:
+            raise TypeError(f"index must be an int, got {type(k).__name__}") from None
         if not 0 <= k < len(self):
             raise IndexError(f"index {k} out of range for {len(self)} usable records")
         for attempt in range(len(self)):
