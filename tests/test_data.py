@@ -205,6 +205,21 @@ def test_dataset_is_lazy_and_samples_match_their_parts(built, tok, proc):
         ds[len(ds)]
 
 
+def test_prompt_samples_are_the_training_text_up_to_the_answer(built, tok, train, proc):
+    prompts = LlavaDataset(built.val_json, built.image_folder, tok, "vicuna_v1", proc,
+                           prompt=True)
+    full = LlavaDataset(built.val_json, built.image_folder, tok, "vicuna_v1", proc)
+    for k in range(len(prompts)):
+        p, f = prompts[k], full[k]
+        ids, labels = f["input_ids"].tolist(), f["labels"].tolist()
+        first = next(i for i, t in enumerate(labels) if t != IGNORE_INDEX)
+        assert p["input_ids"].tolist() == ids[:first]  # the answer and </s> come next
+        assert (p["labels"] == IGNORE_INDEX).all() and prompts.lengths[k] == first
+        assert tok.decode(ids[first:-1]) == prompts.answer(p["index"])
+        assert prompts.answer(p["index"]) == prompts.record(p["index"])["conversations"][1]["value"]
+        assert torch.equal(p["pixel_values"], f["pixel_values"])
+
+
 def test_cached_images_are_the_processors_pixels(built, tok, train, proc):
     counting = CountingProcessor(None)
     cached = LlavaDataset(built.train_json, built.image_folder, tok, "vicuna_v1", proc,

@@ -41,7 +41,8 @@ from PIL import Image, UnidentifiedImageError
 from slime_core.preprocess.adapters import ImageInputError
 from slime_core.preprocess.processor import ImageProcessor
 from slime_core.text import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Template, Tokenizer,
-                             _check_template_tokens, get_template, tokenize_conversation)
+                             _check_template_tokens, build_prompt, get_template,
+                             tokenize_conversation, tokenize_prompt)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ class LlavaDataset(torch.utils.data.Dataset):
                    step less: with several epochs or several runs over one dataset the cache
                    pays. The cache lives in the process that loads: use num_workers=0 with it,
                    or each worker process fills its own. 7 crops of 112 px: 263 KB per image.
+    prompt:        False: training samples (labels on the answers). True: for generation
+                   and evaluation, input_ids are the inference prompt of the conversation
+                   without its last answer (build_prompt: it ends with the assistant's role)
+                   and labels are all IGNORE_INDEX; the expected text is answer(index)
 
     A sample is a dict: input_ids and labels (int64 (T,)), pixel_values (crops, 3, S, S),
     crops_per_image (int), grids_wh ((tiles across, tiles down)), index (the record's index
@@ -86,7 +91,7 @@ class LlavaDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, json_path, image_folder, tokenizer, template, processor, on_error="skip",
-                 max_length=None, cache_images=False):
+                 max_length=None, cache_images=False, prompt=False):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if not isinstance(tokenizer, Tokenizer):
@@ -126,7 +131,7 @@ class LlavaDataset(torch.utils.data.Dataset):
                             f"{type(records).__name__}")
         self.json_path, self.image_folder = os.fspath(json_path), os.fspath(image_folder)
         self.tokenizer, self.template, self.processor = tokenizer, template, processor
-        self.on_error, self.max_length = on_error, max_length
+        self.on_error, self.max_length, self.prompt = on_error, max_length, bool(prompt)
         self._records = records
         problems, self._kept, self.lengths = [], [], []
         for i, record in enumerate(records):
@@ -149,8 +154,15 @@ class LlavaDataset(torch.utils.data.Dataset):
         return os.path.join(self.image_folder, record["image"])
 
     def _tokenize(self, record):
+        conversation = record["conversations"]
         try:
-            return tokenize_conversation(self.tokenizer, self.template, record["conversations"])
+            # Validates the whole conversation (an answer at the end) in both modes.
+            ids, labels = tokenize_conversation(self.tokenizer, self.template, conversation)
+            if self.prompt:
+                ids = tokenize_prompt(self.tokenizer,
+                                      build_prompt(self.template, conversation[:-1]))
+                labels = [IGNORE_INDEX] * len(ids)
+            return ids, labels
         except ValueError as e:
             raise DataError(str(e)) from None
 
@@ -187,6 +199,10 @@ class LlavaDataset(torch.utils.data.Dataset):
     def record(self, index):
         """The raw JSON record at `index` in the file (a sample's or a batch's `index`)."""
         return self._records[index]
+
+    def answer(self, index):
+        """The last answer of the record at `index`: what a prompt sample should generate."""
+        return self._records[index]["conversations"][-1]["value"]
 
     def _load(self, k):
         index = self._kept[k]
