@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from slime_core.data import (COLLATE_KEYS, DataError, LlavaDataset, build_builtin, collate,
-                             length_grouped_sampler, make_loader)
+                             ensure_builtin, length_grouped_sampler, make_loader)
 from slime_core.data import builtin as bi
 from slime_core.preprocess import ImageProcessor
 from slime_core.text import (IGNORE_INDEX, IMAGE_TOKEN_INDEX, Tokenizer, get_template,
@@ -88,6 +88,23 @@ def test_builtin_same_seed_same_bytes(tmp_path, built):
     grown = tree_bytes(grown.folder)
     assert {k: v for k, v in grown.items() if "val" in k} == \
         {k: v for k, v in first.items() if "val" in k}
+
+
+def test_ensure_builtin_reuses_a_finished_build_only(tmp_path, built):
+    folder = str(tmp_path / "b")
+    ensure_builtin(folder, seed=SEED, n_train=3, n_val=1, **SMALL)
+    stamp = os.path.getmtime(os.path.join(folder, "train.json"))
+    os.utime(os.path.join(folder, "train.json"), (stamp - 100, stamp - 100))
+    ensure_builtin(folder, seed=SEED, n_train=3, n_val=1, workers=2, **SMALL)  # reused
+    assert os.path.getmtime(os.path.join(folder, "train.json")) == stamp - 100
+    paths = ensure_builtin(folder, seed=SEED, n_train=4, n_val=1, **SMALL)  # rebuilt
+    assert len(load(paths.train_json)) == 8
+    os.utime(paths.train_json, (stamp - 100, stamp - 100))
+    os.remove(os.path.join(folder, "builtin.json"))  # as after a build cut short
+    ensure_builtin(folder, seed=SEED, n_train=4, n_val=1, **SMALL)
+    assert os.path.getmtime(paths.train_json) > stamp - 100
+    with pytest.raises(TypeError, match="n_tran"):
+        ensure_builtin(folder, n_tran=3)
 
 
 def test_builtin_records_and_images_agree(built):
@@ -348,6 +365,10 @@ def test_bad_records_raise_with_their_indices(tmp_path, built, tok, proc):
     assert len(ds) == 2 and ds[0]["index"] == 0
     with pytest.raises(DataError, match=r"record 1: .*cut\.png"):
         ds[1]
+    # from a worker process too: the DataLoader re-raises it with the record's index
+    loader = make_loader(ds, 1, shuffle=False, num_workers=2)
+    with pytest.raises(DataError, match=r"record 1: .*cut\.png"):
+        batches(loader)
 
 
 def test_bad_records_skipped_and_reported(tmp_path, built, tok, proc, caplog):

@@ -1,6 +1,6 @@
 """The built-in dataset: high-resolution scenes whose questions only small details answer.
 
-    paths = build_builtin("data/builtin", seed=0)
+    paths = build_builtin("data/builtin", seed=0)   # or ensure_builtin: build once, then reuse
     paths.train_json, paths.val_json     # instruction QA, LLaVA format, "question_type" field
     paths.captions_json                  # caption pairs for the alignment stages ("plain")
     paths.image_folder                   # the PNGs (image paths in the JSON are relative to it)
@@ -38,6 +38,7 @@ index), so the same seed gives byte-identical files whatever n_train, n_val or w
 and the validation split does not change when the training split grows.
 """
 import dataclasses
+import inspect
 import json
 import multiprocessing
 import os
@@ -60,6 +61,8 @@ QUESTION_TYPES = ("colour", "shape", "digit")
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>"}
 DEMO_TEMPLATE = "vicuna_v1"  # instruction records; captions.json is for the "plain" template
+MANIFEST = "builtin.json"  # the arguments a folder was built with; written last
+_FORMAT = 1  # bump when the same arguments would give other files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,14 @@ class BuiltinPaths:
     val_json: str
     captions_json: str
     tokenizer_folder: str
+
+
+def _paths(folder):
+    return BuiltinPaths(folder=folder, image_folder=os.path.join(folder, "images"),
+                        train_json=os.path.join(folder, "train.json"),
+                        val_json=os.path.join(folder, "val.json"),
+                        captions_json=os.path.join(folder, "captions.json"),
+                        tokenizer_folder=os.path.join(folder, "tokenizer"))
 
 
 def _check_range(name, value, low, high, kind=int):
@@ -281,7 +292,10 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     _check_count("workers", workers)
 
     folder = os.fspath(folder)
-    image_folder = os.path.join(folder, "images")
+    manifest = os.path.join(folder, MANIFEST)
+    if os.path.exists(manifest):
+        os.remove(manifest)  # the folder is not a finished build until the end
+    image_folder = _paths(folder).image_folder
     os.makedirs(image_folder, exist_ok=True)
     jobs, splits, captions = [], {"train": [], "val": []}, []
     for split, count in (("train", n_train), ("val", n_val)):
@@ -304,11 +318,7 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
         for job in jobs:
             _render_job(job)
 
-    paths = BuiltinPaths(folder=folder, image_folder=image_folder,
-                         train_json=os.path.join(folder, "train.json"),
-                         val_json=os.path.join(folder, "val.json"),
-                         captions_json=os.path.join(folder, "captions.json"),
-                         tokenizer_folder=os.path.join(folder, "tokenizer"))
+    paths = _paths(folder)
     _write_json(paths.train_json, splits["train"])
     _write_json(paths.val_json, splits["val"])
     _write_json(paths.captions_json, captions)
@@ -316,4 +326,37 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                                  for records in (splits["train"], splits["val"], captions)
                                  for r in records for turn in r["conversations"]]
     _train_tokenizer(texts, paths.tokenizer_folder)
+    _write_json(manifest, {"format": _FORMAT, "arguments": _arguments(
+        seed, n_train, n_val, image_width, aspect, detail_frac, shapes_per_cell,
+        questions_per_image, question_types, caption_cells, compress_level)})
     return paths
+
+
+def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, shapes_per_cell,
+               questions_per_image, question_types, caption_cells, compress_level):
+    """What the files depend on (workers does not), as JSON would read it back."""
+    return json.loads(json.dumps(dict(
+        seed=seed, n_train=n_train, n_val=n_val, image_width=list(image_width),
+        aspect=list(aspect), detail_frac=detail_frac, shapes_per_cell=shapes_per_cell,
+        questions_per_image=questions_per_image, question_types=list(question_types),
+        caption_cells=caption_cells, compress_level=compress_level)))
+
+
+def ensure_builtin(folder, **kwargs):
+    """build_builtin(folder, **kwargs) unless `folder` already holds a finished build with
+    the same arguments (its builtin.json says so), in which case the files are reused."""
+    defaults = {k: v.default for k, v in inspect.signature(build_builtin).parameters.items()
+                if k != "folder"}
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(f"ensure_builtin() got unexpected keyword argument(s) {unknown}")
+    args = dict(defaults, **kwargs)
+    workers = args.pop("workers")
+    folder = os.fspath(folder)
+    manifest = os.path.join(folder, MANIFEST)
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            built = json.load(f)
+        if built == {"format": _FORMAT, "arguments": _arguments(**args)}:
+            return _paths(folder)
+    return build_builtin(folder, workers=workers, **args)
