@@ -5,5 +5,6 @@ from slime_core.data.dataset import (COLLATE_KEYS, DataError, LlavaDataset, Resu
                                      collate, length_grouped_sampler, make_loader)
 
 __all__ = ["COLLATE_KEYS", "DEMO_TEMPLATE", "BuiltinPaths", "DataError", "LlavaDataset",
-           "ResumableLoader", "build_builtin", "collate", "ensure_builtin", "length_grouped_sampler",
+           "ResumableLoader", "build_builtin", "collate", "ensure_builtin",
+           "length_grouped_sampler",
            "make_loader"]

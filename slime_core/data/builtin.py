@@ -1,7 +1,9 @@
 """The built-in dataset: high-resolution scenes whose questions only small details answer.
 
     paths = build_builtin("data/builtin", seed=0)   # or ensure_builtin: build once, then reuse
-    paths.train_json, paths.val_json     # instruction QA, LLaVA format, "question_type" field
+    paths.train_json, paths.val_json     # instruction QA, LLaVA format, plus "question_type"
+                                         # and "box" (x0, y0, x1, y1: the pixels that hold
+                                         # the answer, the asked cell's cluster)
     paths.captions_json                  # caption pairs for the alignment stages ("plain")
     paths.image_folder                   # the PNGs (image paths in the JSON are relative to it)
     paths.tokenizer_folder               # tokenizer.json + tokenizer_config.json, trained here
@@ -40,6 +42,7 @@ and the validation split does not change when the training split grows.
 import dataclasses
 import inspect
 import json
+import math
 import multiprocessing
 import os
 import random
@@ -99,7 +102,7 @@ def _check_count(name, value, low=0):
         raise ValueError(f"{name} must be at least {low}, got {value}")
 
 
-def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell):
+def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell, jitter):
     """Everything about one image, drawn from its own stream (no pixels yet)."""
     # A str seed goes through SHA-512 in random.seed: stable across runs and platforms.
     rng = random.Random(f"slime-builtin/{seed}/{split}/{index}")
@@ -107,22 +110,37 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
     height = max(1, round(width * rng.uniform(*aspect)))
     background = tuple(rng.randint(195, 245) for _ in range(3))
     size = max(3, round(detail_frac * width))
+    slot = math.ceil(size * (1 + jitter))  # room for the largest jittered object
     gap = max(1, size // 2)
-    cluster_w = shapes_per_cell * size + shapes_per_cell * gap + size  # shapes, then digit
+    cluster_w = shapes_per_cell * (slot + gap) + slot  # shapes, then the digit
+    shade = round(80 * jitter)  # per-channel colour jitter
     cells = []
     for k, position in enumerate(POSITIONS):
         row, col = divmod(k, 3)
         x0, x1 = col * width // 3, (col + 1) * width // 3
         y0, y1 = row * height // 3, (row + 1) * height // 3
-        margin = gap
-        x = rng.randint(x0 + margin, max(x0 + margin, x1 - margin - cluster_w))
-        y = rng.randint(y0 + margin, max(y0 + margin, y1 - margin - size))
+        x = rng.randint(x0 + gap, max(x0 + gap, x1 - gap - cluster_w))
+        y = rng.randint(y0 + gap, max(y0 + gap, y1 - gap - slot))
         shapes = rng.sample(SHAPES, shapes_per_cell)
         colours = rng.sample(sorted(COLOURS), shapes_per_cell)
-        cells.append({"position": position, "x": x, "y": y, "shapes": shapes,
-                      "colours": colours, "digit": rng.choice(DIGITS)})
-    return {"width": width, "height": height, "background": background, "size": size,
-            "gap": gap, "cells": cells, "rng_state": rng.getstate()}
+        objects = []
+        for j, (shape, colour) in enumerate(zip(shapes, colours)):
+            side = max(3, round(size * rng.uniform(1 - jitter, 1 + jitter)))
+            rgb = tuple(min(255, max(0, v + rng.randint(-shade, shade)))
+                        for v in COLOURS[colour])
+            # centred in its slot
+            objects.append((shape, rgb, side, x + j * (slot + gap) + (slot - side) // 2,
+                            y + (slot - side) // 2))
+        digit = rng.choice(DIGITS)
+        digit_size = max(4, round(1.4 * size * rng.uniform(1 - jitter, 1 + jitter)))
+        digit_grey = rng.randint(0, round(240 * jitter))
+        cells.append({"position": position, "shapes": shapes, "colours": colours,
+                      "digit": digit, "objects": objects,
+                      "text": (x + shapes_per_cell * (slot + gap), y + slot / 2, digit_size,
+                               (digit_grey,) * 3),
+                      "box": [x, y, x + cluster_w, y + slot]})
+    return {"width": width, "height": height, "background": background, "cells": cells,
+            "rng_state": rng.getstate()}
 
 
 def _draw_shape(draw, shape, x, y, size, fill):
@@ -143,16 +161,14 @@ def _draw_shape(draw, shape, x, y, size, fill):
 def _render(scene, path, compress_level):
     image = Image.new("RGB", (scene["width"], scene["height"]), scene["background"])
     draw = ImageDraw.Draw(image)
-    size, gap = scene["size"], scene["gap"]
-    # Pillow's default font (FreeType Aileron where FreeType is built in); the digit's glyph
-    # is about as tall as the shapes.
-    font = ImageFont.load_default(size=max(4, round(size * 1.4)))
     for cell in scene["cells"]:
-        x, y = cell["x"], cell["y"]
-        for shape, colour in zip(cell["shapes"], cell["colours"]):
-            _draw_shape(draw, shape, x, y, size, COLOURS[colour])
-            x += size + gap
-        draw.text((x, y + size / 2), cell["digit"], font=font, fill=(0, 0, 0), anchor="lm")
+        for shape, rgb, side, x, y in cell["objects"]:
+            _draw_shape(draw, shape, x, y, side, rgb)
+        x, y, font_size, grey = cell["text"]
+        # Pillow's default font (FreeType Aileron where FreeType is built in); the digit's
+        # glyph is about as tall as the shapes.
+        font = ImageFont.load_default(size=font_size)
+        draw.text((x, y), cell["digit"], font=font, fill=grey, anchor="lm")
     image.save(path, format="PNG", compress_level=compress_level)
 
 
@@ -185,6 +201,7 @@ def _records(scene, image, rng, questions_per_image, question_types, caption_cel
         question, answer = _question(rng, cell, question_type)
         qa.append({"id": f"{split}_{index:06d}_{q}", "image": image,
                    "question_type": question_type, "position": cell["position"],
+                   "box": cell["box"],
                    "conversations": [
                        {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question}"},
                        {"from": "gpt", "value": answer}]})
@@ -239,7 +256,7 @@ def _write_json(path, records):
 
 
 def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 2000),
-                  aspect=(0.5, 0.8), detail_frac=0.02, shapes_per_cell=3,
+                  aspect=(0.5, 0.8), detail_frac=0.02, jitter=0.25, shapes_per_cell=3,
                   questions_per_image=2, question_types=QUESTION_TYPES, caption_cells=3,
                   compress_level=1, workers=0):
     """Write the built-in dataset into `folder` (created if missing; files there are
@@ -250,6 +267,12 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     image_width:         (min, max) width in pixels; height = width * uniform(aspect)
     aspect:              (min, max) height / width
     detail_frac:         side of a shape as a fraction of the image width (digits alike)
+    jitter:              nuisance, in [0, 0.5]: each shape's side and each digit's size vary
+                         by this fraction, each shape's colour by 320 * jitter levels per
+                         channel (+-20 at 0.25), each digit's grey in 0..240 * jitter. Without
+                         it the scenes are so clean that a linear probe reads digits and
+                         shapes off the global view's 2-pixel blobs (ink amount and blur
+                         pattern identify them); see scripts/builtin_probe.py
     shapes_per_cell:     shapes in each cell's cluster (1 to 4, all different)
     question_types:      a subset of ("colour", "shape", "digit")
     caption_cells:       cells a caption describes (1 to 9)
@@ -265,18 +288,24 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     _check_range("aspect", aspect, 0.05, 20.0, kind=float)
     if isinstance(detail_frac, bool) or not isinstance(detail_frac, (int, float)):
         raise TypeError(f"detail_frac must be a number, got {type(detail_frac).__name__}")
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)):
+        raise TypeError(f"jitter must be a number, got {type(jitter).__name__}")
+    if not 0 <= jitter <= 0.5:
+        raise ValueError(f"jitter must be in [0, 0.5], got {jitter}")
     _check_count("shapes_per_cell", shapes_per_cell, 1)
     if shapes_per_cell > len(SHAPES):
         raise ValueError(f"shapes_per_cell must be at most {len(SHAPES)}, got {shapes_per_cell}")
-    # A cluster (shapes, half-size gaps, digit, margins) must fit in a cell, a third of
-    # the width, and its row (size plus margins) in a third of the height.
-    max_frac = 1 / (3 * (1.5 * shapes_per_cell + 2))
+    # A cluster (shapes in slots of (1 + jitter) * size, half-size gaps, the digit, margins)
+    # must fit in a cell, a third of the width, and its row (slot plus margins) in a third
+    # of the height.
+    max_frac = 1 / (3 * (shapes_per_cell * (1.5 + jitter) + 2 + jitter))
     if not 0 < detail_frac <= max_frac:
         raise ValueError(f"detail_frac must be in (0, {max_frac:.4f}] so that a cluster of "
                          f"{shapes_per_cell} shapes fits in a cell, got {detail_frac}")
-    if aspect[0] < 6 * detail_frac:
-        raise ValueError(f"aspect's minimum must be at least 6 * detail_frac = "
-                         f"{6 * detail_frac:.3f} so that a cluster fits in a cell's height, "
+    min_aspect = 3 * (2 + jitter) * detail_frac
+    if aspect[0] < min_aspect:
+        raise ValueError(f"aspect's minimum must be at least 3 * (2 + jitter) * detail_frac = "
+                         f"{min_aspect:.3f} so that a cluster fits in a cell's height, "
                          f"got {aspect[0]}")
     _check_count("questions_per_image", questions_per_image, 1)
     question_types = tuple(question_types)
@@ -301,7 +330,7 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     for split, count in (("train", n_train), ("val", n_val)):
         for i in range(count):
             scene = _scene(seed, split, i, tuple(image_width), tuple(aspect), detail_frac,
-                           shapes_per_cell)
+                           shapes_per_cell, jitter)
             rng = random.Random()
             rng.setstate(scene.pop("rng_state"))
             name = f"{split}_{i:06d}.png"
@@ -327,17 +356,18 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                                  for r in records for turn in r["conversations"]]
     _train_tokenizer(texts, paths.tokenizer_folder)
     _write_json(manifest, {"format": _FORMAT, "arguments": _arguments(
-        seed, n_train, n_val, image_width, aspect, detail_frac, shapes_per_cell,
+        seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
         questions_per_image, question_types, caption_cells, compress_level)})
     return paths
 
 
-def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, shapes_per_cell,
+def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
                questions_per_image, question_types, caption_cells, compress_level):
     """What the files depend on (workers does not), as JSON would read it back."""
     return json.loads(json.dumps(dict(
         seed=seed, n_train=n_train, n_val=n_val, image_width=list(image_width),
-        aspect=list(aspect), detail_frac=detail_frac, shapes_per_cell=shapes_per_cell,
+        aspect=list(aspect), detail_frac=detail_frac, jitter=jitter,
+        shapes_per_cell=shapes_per_cell,
         questions_per_image=questions_per_image, question_types=list(question_types),
         caption_cells=caption_cells, compress_level=compress_level)))
 
