@@ -6,5 +6,4 @@ from slime_core.data.dataset import (COLLATE_KEYS, DataError, LlavaDataset, Resu
 
 __all__ = ["COLLATE_KEYS", "DEMO_TEMPLATE", "BuiltinPaths", "DataError", "LlavaDataset",
            "ResumableLoader", "build_builtin", "collate", "ensure_builtin",
-           "length_grouped_sampler",
-           "make_loader"]
+           "length_grouped_sampler", "make_loader"]

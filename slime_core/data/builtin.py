@@ -19,15 +19,19 @@ cell and ask for one detail of its cluster:
     digit   "Which digit is in the bottom right?"            -> "7"
 
 Why this task shows SliME's points at small scale:
-- the detail is invisible in the global view. With aspects of 0.5 to 0.8, SliME's planner
-  cuts every image into 3 x 2 tiles of S pixels, so a shape of side detail_frac * width
-  is about (2.5 to 3) * detail_frac * S pixels wide in the local view and detail_frac * S in
-  the global view (S pixels for the whole width). Defaults, S = 112: shapes of 5.6 to 6.7 px
-  in the tiles (square, circle, triangle, cross and the digits legible in a 14-px patch) and
-  2.2 px in the global view, where shapes and digits are lost and a cluster's colours blend
-  into one blob: even the colour questions need the local view to bind a colour to its
-  shape (from the global view, a third of them at best). For S = 56 use detail_frac=0.04
-  (the same sizes in pixels); the ratio of local to global is the grid's width, 3, at any S;
+- the detail is 3 times smaller in the global view. With aspects of 0.5 to 0.8, SliME's
+  planner cuts every image into 3 x 2 tiles of S pixels, so a shape of side
+  detail_frac * width is about (2.5 to 3) * detail_frac * S pixels wide in the local view
+  and detail_frac * S in the global view (S pixels for the whole width). Defaults, S = 112:
+  shapes and digits of 5.6 to 6.7 px in the tiles (legible in a 14-px patch) and 2.2 px in
+  the global view, where to the eye they are blobs and a cluster's colours run together.
+  Measured (scripts/builtin_probe.py, 200 images, a linear probe told exactly where the
+  cluster is): digit read from the global view 93%, from the local view 99%; first shape
+  97% / 100%. So the global view blurs the details but does not erase them for an aligned
+  reader: what local detail buys a small model is details it can learn to read in minutes.
+  Smaller details widen the gap (detail_frac 0.015, jitter 0.35: digits 74% / 93%, shapes
+  85% / 97%) at some cost to the local view. The local-to-global ratio is the grid's
+  width, 3, at any S; for S = 56 use detail_frac=0.04 for the same sizes in pixels;
 - the answer lives in one cell of nine (one cluster, under 1% of the image's area), so
   keeping a few local tokens, the ones the question's words point at, can keep the accuracy;
 - every answer is one word from a closed set (7 colours, 4 shapes, 10 digits): exact match
