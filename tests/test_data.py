@@ -3,8 +3,8 @@ built-in dataset.
 
 References we did not write: Pillow (the pixels a record's answer names), HF transformers'
 PreTrainedTokenizerFast on the built-in tokenizer folder, torch's pad_sequence for the
-padding, torch's DataLoader in-process for the worker processes. A fresh seed every run (it is
-in the failure message).
+padding, torch's DataLoader in-process for the worker processes. A fresh seed every run, in
+the failure messages of the generator's tests; SLIME_TEST_SEED=<seed> reruns one.
 """
 import hashlib
 import json
