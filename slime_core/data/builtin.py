@@ -107,6 +107,12 @@ def _check_count(name, value, low=0):
         raise ValueError(f"{name} must be at least {low}, got {value}")
 
 
+def _font(size):
+    # Pillow's default font (FreeType Aileron where FreeType is built in); at 1.4 times a
+    # shape's side its digits are about as tall as the shapes.
+    return ImageFont.load_default(size=size)
+
+
 def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell, jitter):
     """Everything about one image, drawn from its own stream (no pixels yet)."""
     # A str seed goes through SHA-512 in random.seed: stable across runs and platforms.
@@ -139,11 +145,14 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
         digit = rng.choice(DIGITS)
         digit_size = max(4, round(1.4 * size * rng.uniform(1 - jitter, 1 + jitter)))
         digit_grey = rng.randint(0, round(240 * jitter))
+        tx, ty = x + shapes_per_cell * (slot + gap), y + slot / 2
+        # The glyph may reach past the slot: the box takes its real extent.
+        left, top, right, bottom = _font(digit_size).getbbox(digit, anchor="lm")
+        box = [min(x, math.floor(tx + left)), min(y, math.floor(ty + top)),
+               max(x + cluster_w, math.ceil(tx + right)), max(y + slot, math.ceil(ty + bottom))]
         cells.append({"position": position, "shapes": shapes, "colours": colours,
                       "digit": digit, "objects": objects,
-                      "text": (x + shapes_per_cell * (slot + gap), y + slot / 2, digit_size,
-                               (digit_grey,) * 3),
-                      "box": [x, y, x + cluster_w, y + slot]})
+                      "text": (tx, ty, digit_size, (digit_grey,) * 3), "box": box})
     return {"width": width, "height": height, "background": background, "cells": cells,
             "rng_state": rng.getstate()}
 
@@ -170,10 +179,7 @@ def _render(scene, path, compress_level):
         for shape, rgb, side, x, y in cell["objects"]:
             _draw_shape(draw, shape, x, y, side, rgb)
         x, y, font_size, grey = cell["text"]
-        # Pillow's default font (FreeType Aileron where FreeType is built in); the digit's
-        # glyph is about as tall as the shapes.
-        font = ImageFont.load_default(size=font_size)
-        draw.text((x, y), cell["digit"], font=font, fill=grey, anchor="lm")
+        draw.text((x, y), cell["digit"], font=_font(font_size), fill=grey, anchor="lm")
     image.save(path, format="PNG", compress_level=compress_level)
 
 
