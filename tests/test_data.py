@@ -366,6 +366,8 @@ def test_bad_records_raise_with_their_indices(tmp_path, built, tok, proc):
     assert "record 3: the conversation ends with a question that has no answer" in msg
     assert "record 6: the conversation holds 0 <image>" in msg
     assert "record 0" not in msg and "record 4" not in msg and "record 5" not in msg
+    with pytest.raises(DataError, match="record 0: 4. tokens, more than max_length=40"):
+        LlavaDataset(path, folder, tok, "vicuna_v1", proc, on_error="raise", max_length=40)
     # A file that only fails when decoded fails when the sample is loaded.
     records = load(path)
     only = tmp_path / "cut.json"

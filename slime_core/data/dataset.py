@@ -22,7 +22,9 @@ A file that passes the header check but cannot be decoded (e.g. truncated) is on
 the sample is loaded, possibly in a DataLoader worker. Then "raise" raises a DataError naming
 the record, and "skip" logs a warning naming the record and returns the next usable record in
 the dataset's order in its place, so batches keep their size and a resumed run sees the same
-substitute (the batch's `index` list shows which record was used). Evaluate with "raise" if a
+substitute (the batch's `index` list shows which record was used). The record also goes into
+`skipped` of the process that loaded it: in a DataLoader worker that list is the worker's
+own, and the logged warning is the report. Evaluate with "raise" if a
 substituted record must not count twice.
 
 Records are text plus one image; text-only records are reported as errors.
@@ -76,10 +78,11 @@ class LlavaDataset(torch.utils.data.Dataset):
                    not truncated: a cut answer or a cut image teaches the wrong thing
     cache_images:  keep each image's crops after its first load, as uint8 (4x smaller than
                    float32; normalised on the way out, bit-identical to the processor's own
-                   output). Decoding and resizing a 1500-px image costs ~0.1 s, a tiny model's
-                   step less: with several epochs or several runs over one dataset the cache
-                   pays. The cache lives in the process that loads: use num_workers=0 with it,
-                   or each worker process fills its own. 7 crops of 112 px: 263 KB per image.
+                   output). Decoding and resizing a 1500-px PNG costs ~25 ms of CPU, a cache
+                   hit ~0.5 ms: with a tiny model, several epochs or several runs over one
+                   dataset, the cache pays. It lives in the process that loads: use
+                   num_workers=0 with it, or each worker process fills its own. 7 crops of
+                   112 px: 263 KB per image.
     prompt:        False: training samples (labels on the answers). True: for generation
                    and evaluation, input_ids are the inference prompt of the conversation
                    without its last answer (build_prompt: it ends with the assistant's role)
