@@ -27,7 +27,7 @@ Why this task shows SliME's points at small scale:
   the global view, where to the eye they are blobs and a cluster's colours run together.
   Measured (scripts/builtin_probe.py, 200 images, a linear probe told exactly where the
   cluster is): digit read from the global view 93%, from the local view 99%; first shape
-  97% / 100%. So the global view blurs the details but does not erase them for an aligned
+  97% / 99%. So the global view blurs the details but does not erase them for an aligned
   reader: what local detail buys a small model is details it can learn to read in minutes.
   Without jitter: 99% / 100%. Smaller details widen the gap at some cost to the local view
   (jitter 0.35, 150 images; detail_frac 0.015: digits 74% / 93%, shapes 85% / 97%;
