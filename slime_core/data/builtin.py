@@ -45,6 +45,7 @@ index), so the same seed gives byte-identical files whatever n_train, n_val or w
 and the validation split does not change when the training split grows.
 """
 import dataclasses
+import functools
 import inspect
 import json
 import math
@@ -107,6 +108,7 @@ def _check_count(name, value, low=0):
         raise ValueError(f"{name} must be at least {low}, got {value}")
 
 
+@functools.lru_cache(maxsize=None)
 def _font(size):
     # Pillow's default font (FreeType Aileron where FreeType is built in); at 1.4 times a
     # shape's side its digits are about as tall as the shapes.
