@@ -1,0 +1,405 @@
+"""The built-in dataset: high-resolution scenes whose questions only small details answer.
+
+    paths = build_builtin("data/builtin", seed=0)   # or ensure_builtin: build once, then reuse
+    paths.train_json, paths.val_json     # instruction QA, LLaVA format, plus "question_type"
+                                         # and "box" (x0, y0, x1, y1: the pixels that hold
+                                         # the answer, the asked cell's cluster)
+    paths.captions_json                  # caption pairs for the alignment stages ("plain")
+    paths.image_folder                   # the PNGs (image paths in the JSON are relative to it)
+    paths.tokenizer_folder               # tokenizer.json + tokenizer_config.json, trained here
+
+Each image (1000 to 2000 px wide by default) is cut into a 3 x 3 grid of named cells ("top
+left", ..., "centre", ..., "bottom right"). Every cell holds one cluster: `shapes_per_cell`
+small shapes side by side (distinct shapes from square, circle, triangle, cross; distinct
+colours from a palette of 7) and a digit drawn with Pillow's default font. Questions name a
+cell and ask for one detail of its cluster:
+
+    colour  "What colour is the triangle in the top left?"   -> "red"
+    shape   "Which shape is blue in the centre?"             -> "circle"
+    digit   "Which digit is in the bottom right?"            -> "7"
+
+Why this task shows SliME's points at small scale:
+- the detail is 3 times smaller in the global view. With aspects of 0.5 to 0.8, SliME's
+  planner cuts every image into 3 x 2 tiles of S pixels, so a shape of side
+  detail_frac * width is about (2.5 to 3) * detail_frac * S pixels wide in the local view
+  and detail_frac * S in the global view (S pixels for the whole width). Defaults, S = 112:
+  shapes and digits of 5.6 to 6.7 px in the tiles (legible in a 14-px patch) and 2.2 px in
+  the global view, where to the eye they are blobs and a cluster's colours run together.
+  Measured (scripts/builtin_probe.py, 200 images, a linear probe told exactly where the
+  cluster is): digit read from the global view 93%, from the local view 99%; first shape
+  97% / 99%. So the global view blurs the details but does not erase them for an aligned
+  reader: what local detail buys a small model is details it can learn to read in minutes.
+  Without jitter: 99% / 100%. Smaller details widen the gap at some cost to the local view
+  (jitter 0.35, 150 images; detail_frac 0.015: digits 74% / 93%, shapes 85% / 97%;
+  detail_frac 0.012: digits 58% / 87%, shapes 72% / 93%). The local-to-global ratio is the grid's
+  width, 3, at any S; for S = 56 use detail_frac=0.04 for the same sizes in pixels;
+- the answer lives in one cell of nine (one cluster, under 1% of the image's area), so
+  keeping a few local tokens, the ones the question's words point at, can keep the accuracy;
+- every answer is one word from a closed set (7 colours, 4 shapes, 10 digits): exact match
+  is a meaningful accuracy, per question type;
+- questions and captions come from a few templates, and the tokenizer is trained on them
+  (a word-level vocabulary of about 70 tokens), so a tiny model learns the text side fast.
+
+Deterministic: each image is drawn from its own random stream, seeded by (seed, split,
+index), so the same seed gives byte-identical files whatever n_train, n_val or workers are,
+and the validation split does not change when the training split grows.
+"""
+import dataclasses
+import functools
+import inspect
+import json
+import math
+import multiprocessing
+import os
+import random
+
+from PIL import Image, ImageDraw, ImageFont
+from tokenizers import Tokenizer as _Backend
+from tokenizers import models, pre_tokenizers, processors, trainers
+
+from slime_core.text import IMAGE_PLACEHOLDER, get_template
+
+POSITIONS = ("top left", "top middle", "top right", "middle left", "centre", "middle right",
+             "bottom left", "bottom middle", "bottom right")  # row-major 3 x 3 cells
+COLOURS = {"red": (215, 35, 35), "green": (35, 150, 55), "blue": (40, 70, 215),
+           "yellow": (230, 195, 15), "purple": (135, 50, 170), "orange": (240, 125, 20),
+           "black": (20, 20, 20)}
+SHAPES = ("square", "circle", "triangle", "cross")
+DIGITS = tuple("0123456789")
+QUESTION_TYPES = ("colour", "shape", "digit")
+SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+                  "unk_token": "<unk>"}
+DEMO_TEMPLATE = "vicuna_v1"  # instruction records; captions.json is for the "plain" template
+MANIFEST = "builtin.json"  # the arguments a folder was built with; written last
+_FORMAT = 1  # bump when the same arguments would give other files
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinPaths:
+    folder: str
+    image_folder: str     # image paths in the JSON files are relative to this folder
+    train_json: str
+    val_json: str
+    captions_json: str
+    tokenizer_folder: str
+
+
+def _paths(folder):
+    return BuiltinPaths(folder=folder, image_folder=os.path.join(folder, "images"),
+                        train_json=os.path.join(folder, "train.json"),
+                        val_json=os.path.join(folder, "val.json"),
+                        captions_json=os.path.join(folder, "captions.json"),
+                        tokenizer_folder=os.path.join(folder, "tokenizer"))
+
+
+def _check_range(name, value, low, high, kind=int):
+    if (not isinstance(value, (tuple, list)) or len(value) != 2
+            or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
+        raise TypeError(f"{name} must be a pair ({kind.__name__}, {kind.__name__}), "
+                        f"got {value!r}")
+    if not low <= value[0] <= value[1] <= high:
+        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {value!r}")
+
+
+def _check_count(name, value, low=0):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, got {value}")
+
+
+@functools.lru_cache(maxsize=None)
+def _font(size):
+    # Pillow's default font (FreeType Aileron where FreeType is built in); at 1.4 times a
+    # shape's side its digits are about as tall as the shapes.
+    return ImageFont.load_default(size=size)
+
+
+def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell, jitter):
+    """Everything about one image, drawn from its own stream (no pixels yet)."""
+    # A str seed goes through SHA-512 in random.seed: stable across runs and platforms.
+    rng = random.Random(f"slime-builtin/{seed}/{split}/{index}")
+    width = rng.randint(*image_width)
+    height = max(1, round(width * rng.uniform(*aspect)))
+    background = tuple(rng.randint(195, 245) for _ in range(3))
+    size = max(3, round(detail_frac * width))
+    slot = math.ceil(size * (1 + jitter))  # room for the largest jittered object
+    gap = max(1, size // 2)
+    cluster_w = shapes_per_cell * (slot + gap) + slot  # shapes, then the digit
+    shade = round(80 * jitter)  # per-channel colour jitter
+    cells = []
+    for k, position in enumerate(POSITIONS):
+        row, col = divmod(k, 3)
+        x0, x1 = col * width // 3, (col + 1) * width // 3
+        y0, y1 = row * height // 3, (row + 1) * height // 3
+        x = rng.randint(x0 + gap, max(x0 + gap, x1 - gap - cluster_w))
+        y = rng.randint(y0 + gap, max(y0 + gap, y1 - gap - slot))
+        shapes = rng.sample(SHAPES, shapes_per_cell)
+        colours = rng.sample(sorted(COLOURS), shapes_per_cell)
+        objects = []
+        for j, (shape, colour) in enumerate(zip(shapes, colours)):
+            side = max(3, round(size * rng.uniform(1 - jitter, 1 + jitter)))
+            rgb = tuple(min(255, max(0, v + rng.randint(-shade, shade)))
+                        for v in COLOURS[colour])
+            # centred in its slot
+            objects.append((shape, rgb, side, x + j * (slot + gap) + (slot - side) // 2,
+                            y + (slot - side) // 2))
+        digit = rng.choice(DIGITS)
+        digit_size = max(4, round(1.4 * size * rng.uniform(1 - jitter, 1 + jitter)))
+        digit_grey = rng.randint(0, round(240 * jitter))
+        tx, ty = x + shapes_per_cell * (slot + gap), y + slot / 2
+        # The glyph may reach past the slot: the box takes its real extent.
+        left, top, right, bottom = _font(digit_size).getbbox(digit, anchor="lm")
+        box = [min(x, math.floor(tx + left)), min(y, math.floor(ty + top)),
+               max(x + cluster_w, math.ceil(tx + right)), max(y + slot, math.ceil(ty + bottom))]
+        cells.append({"position": position, "shapes": shapes, "colours": colours,
+                      "digit": digit, "objects": objects,
+                      "text": (tx, ty, digit_size, (digit_grey,) * 3), "box": box})
+    return {"width": width, "height": height, "background": background, "cells": cells,
+            "rng_state": rng.getstate()}
+
+
+def _draw_shape(draw, shape, x, y, size, fill):
+    s = size - 1  # Pillow's boxes include their last pixel
+    if shape == "square":
+        draw.rectangle([x, y, x + s, y + s], fill=fill)
+    elif shape == "circle":
+        draw.ellipse([x, y, x + s, y + s], fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(x + s / 2, y), (x + s, y + s), (x, y + s)], fill=fill)
+    else:  # cross: a plus sign whose bars are a third of the size
+        t = max(1, size // 3)
+        a = (size - t) // 2
+        draw.rectangle([x + a, y, x + a + t - 1, y + s], fill=fill)
+        draw.rectangle([x, y + a, x + s, y + a + t - 1], fill=fill)
+
+
+def _render(scene, path, compress_level):
+    image = Image.new("RGB", (scene["width"], scene["height"]), scene["background"])
+    draw = ImageDraw.Draw(image)
+    for cell in scene["cells"]:
+        for shape, rgb, side, x, y in cell["objects"]:
+            _draw_shape(draw, shape, x, y, side, rgb)
+        x, y, font_size, grey = cell["text"]
+        draw.text((x, y), cell["digit"], font=_font(font_size), fill=grey, anchor="lm")
+    image.save(path, format="PNG", compress_level=compress_level)
+
+
+def _render_job(job):
+    _render(*job)
+
+
+def _question(rng, cell, question_type):
+    position = cell["position"]
+    if question_type == "colour":
+        k = rng.randrange(len(cell["shapes"]))
+        return f"What colour is the {cell['shapes'][k]} in the {position}?", cell["colours"][k]
+    if question_type == "shape":
+        k = rng.randrange(len(cell["shapes"]))
+        return f"Which shape is {cell['colours'][k]} in the {position}?", cell["shapes"][k]
+    return f"Which digit is in the {position}?", cell["digit"]
+
+
+def _describe(cell):
+    parts = [f"{c} {s}" for s, c in zip(cell["shapes"], cell["colours"])]
+    return f"{cell['position']}: " + ", ".join(parts) + f", digit {cell['digit']}."
+
+
+def _records(scene, image, rng, questions_per_image, question_types, caption_cells, split,
+             index):
+    qa = []
+    for q in range(questions_per_image):
+        cell = rng.choice(scene["cells"])
+        question_type = rng.choice(question_types)
+        question, answer = _question(rng, cell, question_type)
+        qa.append({"id": f"{split}_{index:06d}_{q}", "image": image,
+                   "question_type": question_type, "position": cell["position"],
+                   "box": cell["box"],
+                   "conversations": [
+                       {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question}"},
+                       {"from": "gpt", "value": answer}]})
+    cells = sorted(rng.sample(range(len(POSITIONS)), caption_cells))
+    caption = {"id": f"{split}_{index:06d}_caption", "image": image,
+               "conversations": [
+                   {"from": "human", "value": IMAGE_PLACEHOLDER},
+                   {"from": "gpt", "value": " ".join(_describe(scene["cells"][k])
+                                                     for k in cells)}]}
+    return qa, caption
+
+
+def _train_tokenizer(texts, folder):
+    """A word-level tokenizer of the dataset's own words (and the templates' strings)."""
+    backend = _Backend(models.WordLevel(unk_token=SPECIAL_TOKENS["unk_token"]))
+    # \w+ | [^\w\s]+ pieces: "left?" is "left" and "?", so answers are single tokens.
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=100_000, min_frequency=1, show_progress=False,
+        special_tokens=[SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "eos_token",
+                                                     "unk_token")])
+    backend.train_from_iterator(texts, trainer)
+    # BOS before every text, as LLaMA's tokenizers (Vicuna's) add it; in tokenizer.json, so
+    # that transformers and slime_core.text read the same rule.
+    bos = SPECIAL_TOKENS["bos_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+        special_tokens=[(bos, backend.token_to_id(bos))])
+    os.makedirs(folder, exist_ok=True)
+    backend.save(os.path.join(folder, "tokenizer.json"))
+    # EOS ("</s>", Vicuna's answer end) comes from the template, never from the tokenizer.
+    config = dict(SPECIAL_TOKENS, add_bos_token=True, add_eos_token=False,
+                  model_max_length=512, tokenizer_class="PreTrainedTokenizerFast")
+    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1, sort_keys=True)
+        f.write("\n")
+
+
+def _template_texts():
+    """Every string the templates the dataset is meant for add around the conversation."""
+    texts = []
+    for name in (DEMO_TEMPLATE, "plain"):
+        t = get_template(name)
+        texts += [t.system, t.user.format(content=" "), t.assistant, t.generation]
+    return [t.replace(IMAGE_PLACEHOLDER, " ") for t in texts]
+
+
+def _write_json(path, records):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(records, f, indent=1)
+        f.write("\n")
+
+
+def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 2000),
+                  aspect=(0.5, 0.8), detail_frac=0.02, jitter=0.25, shapes_per_cell=3,
+                  questions_per_image=2, question_types=QUESTION_TYPES, caption_cells=3,
+                  compress_level=1, workers=0):
+    """Write the built-in dataset into `folder` (created if missing; files there are
+    overwritten) and return its BuiltinPaths.
+
+    n_train, n_val:      images per split; each gives questions_per_image QA records (one
+                         cell and one question type each, drawn at random) and one caption
+    image_width:         (min, max) width in pixels; height = width * uniform(aspect)
+    aspect:              (min, max) height / width
+    detail_frac:         side of a shape as a fraction of the image width (digits alike)
+    jitter:              nuisance, in [0, 0.5]: each shape's side and each digit's size vary
+                         by this fraction, each shape's colour by 320 * jitter levels per
+                         channel (+-20 at 0.25), each digit's grey in 0..240 * jitter. Without
+                         it the scenes are so clean that a linear probe reads digits and
+                         shapes off the global view's 2-pixel blobs (ink amount and blur
+                         pattern identify them); see scripts/builtin_probe.py
+    shapes_per_cell:     shapes in each cell's cluster (1 to 4, all different)
+    question_types:      a subset of ("colour", "shape", "digit")
+    caption_cells:       cells a caption describes (1 to 9)
+    compress_level:      PNG zlib level (1: fast, files ~30 KB since most pixels are flat)
+    workers:             processes drawing the images (0: this one); no effect on the bytes
+    """
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder must be a path, got {type(folder).__name__}")
+    _check_count("seed", seed)
+    _check_count("n_train", n_train, 1)
+    _check_count("n_val", n_val, 0)
+    _check_range("image_width", image_width, 64, 16384)
+    _check_range("aspect", aspect, 0.05, 20.0, kind=float)
+    if isinstance(detail_frac, bool) or not isinstance(detail_frac, (int, float)):
+        raise TypeError(f"detail_frac must be a number, got {type(detail_frac).__name__}")
+    if isinstance(jitter, bool) or not isinstance(jitter, (int, float)):
+        raise TypeError(f"jitter must be a number, got {type(jitter).__name__}")
+    if not 0 <= jitter <= 0.5:
+        raise ValueError(f"jitter must be in [0, 0.5], got {jitter}")
+    _check_count("shapes_per_cell", shapes_per_cell, 1)
+    if shapes_per_cell > len(SHAPES):
+        raise ValueError(f"shapes_per_cell must be at most {len(SHAPES)}, got {shapes_per_cell}")
+    # A cluster (shapes in slots of (1 + jitter) * size, half-size gaps, the digit, margins)
+    # must fit in a cell, a third of the width, and its row (slot plus margins) in a third
+    # of the height.
+    max_frac = 1 / (3 * (shapes_per_cell * (1.5 + jitter) + 2 + jitter))
+    if not 0 < detail_frac <= max_frac:
+        raise ValueError(f"detail_frac must be in (0, {max_frac:.4f}] so that a cluster of "
+                         f"{shapes_per_cell} shapes fits in a cell, got {detail_frac}")
+    min_aspect = 3 * (2 + jitter) * detail_frac
+    if aspect[0] < min_aspect:
+        raise ValueError(f"aspect's minimum must be at least 3 * (2 + jitter) * detail_frac = "
+                         f"{min_aspect:.3f} so that a cluster fits in a cell's height, "
+                         f"got {aspect[0]}")
+    _check_count("questions_per_image", questions_per_image, 1)
+    question_types = tuple(question_types)
+    bad = [t for t in question_types if t not in QUESTION_TYPES]
+    if not question_types or bad:
+        raise ValueError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, "
+                         f"got {question_types!r}")
+    _check_count("caption_cells", caption_cells, 1)
+    if caption_cells > len(POSITIONS):
+        raise ValueError(f"caption_cells must be at most {len(POSITIONS)}, got {caption_cells}")
+    if isinstance(compress_level, bool) or compress_level not in range(10):
+        raise ValueError(f"compress_level must be an int in 0..9, got {compress_level!r}")
+    _check_count("workers", workers)
+
+    folder = os.fspath(folder)
+    manifest = os.path.join(folder, MANIFEST)
+    if os.path.exists(manifest):
+        os.remove(manifest)  # the folder is not a finished build until the end
+    image_folder = _paths(folder).image_folder
+    os.makedirs(image_folder, exist_ok=True)
+    jobs, splits, captions = [], {"train": [], "val": []}, []
+    for split, count in (("train", n_train), ("val", n_val)):
+        for i in range(count):
+            scene = _scene(seed, split, i, tuple(image_width), tuple(aspect), detail_frac,
+                           shapes_per_cell, jitter)
+            rng = random.Random()
+            rng.setstate(scene.pop("rng_state"))
+            name = f"{split}_{i:06d}.png"
+            qa, caption = _records(scene, name, rng, questions_per_image, question_types,
+                                   caption_cells, split, i)
+            splits[split] += qa
+            if split == "train":
+                captions.append(caption)
+            jobs.append((scene, os.path.join(image_folder, name), compress_level))
+    if workers:
+        with multiprocessing.Pool(workers) as pool:
+            pool.map(_render_job, jobs, chunksize=16)
+    else:
+        for job in jobs:
+            _render_job(job)
+
+    paths = _paths(folder)
+    _write_json(paths.train_json, splits["train"])
+    _write_json(paths.val_json, splits["val"])
+    _write_json(paths.captions_json, captions)
+    texts = _template_texts() + [turn["value"].replace(IMAGE_PLACEHOLDER, " ")
+                                 for records in (splits["train"], splits["val"], captions)
+                                 for r in records for turn in r["conversations"]]
+    _train_tokenizer(texts, paths.tokenizer_folder)
+    _write_json(manifest, {"format": _FORMAT, "arguments": _arguments(
+        seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
+        questions_per_image, question_types, caption_cells, compress_level)})
+    return paths
+
+
+def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
+               questions_per_image, question_types, caption_cells, compress_level):
+    """What the files depend on (workers does not), as JSON would read it back."""
+    return json.loads(json.dumps(dict(
+        seed=seed, n_train=n_train, n_val=n_val, image_width=list(image_width),
+        aspect=list(aspect), detail_frac=detail_frac, jitter=jitter,
+        shapes_per_cell=shapes_per_cell,
+        questions_per_image=questions_per_image, question_types=list(question_types),
+        caption_cells=caption_cells, compress_level=compress_level)))
+
+
+def ensure_builtin(folder, **kwargs):
+    """build_builtin(folder, **kwargs) unless `folder` already holds a finished build with
+    the same arguments (its builtin.json says so), in which case the files are reused."""
+    defaults = {k: v.default for k, v in inspect.signature(build_builtin).parameters.items()
+                if k != "folder"}
+    unknown = sorted(set(kwargs) - set(defaults))
+    if unknown:
+        raise TypeError(f"ensure_builtin() got unexpected keyword argument(s) {unknown}")
+    args = dict(defaults, **kwargs)
+    workers = args.pop("workers")
+    folder = os.fspath(folder)
+    manifest = os.path.join(folder, MANIFEST)
+    if os.path.isfile(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            built = json.load(f)
+        if built == {"format": _FORMAT, "arguments": _arguments(**args)}:
+            return _paths(folder)
+    return build_builtin(folder, workers=workers, **args)
