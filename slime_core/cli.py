@@ -4,6 +4,8 @@
     slime generate CKPT IMAGE PROMPT answer a question about an image with a checkpoint
     slime explain CKPT IMAGE PROMPT  PNG of the grid, the tiles and the local tokens kept
     slime bench [--only OP]          the kernel benchmarks (from a source checkout)
+    slime train --recipe R ...       every stage of a training recipe (python -m slime_core.train)
+    slime eval --model CKPT ...      exact-match accuracy on a question file
 
 A checkpoint folder is what SlimeModel.save_pretrained writes (config.json with the mm_*
 fields, model.safetensors) plus the tokenizer (tokenizer.json, tokenizer_config.json); the
@@ -107,6 +109,20 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_train(args):
+    """`slime train ...`: python -m slime_core.train with the same arguments."""
+    from slime_core.train.__main__ import main as train_main
+    train_main(args.rest)
+    return 0
+
+
+def cmd_eval(args):
+    """`slime eval ...`: python -m slime_core.train.evaluate with the same arguments."""
+    from slime_core.train.evaluate import main as eval_main
+    result = eval_main(args.rest)
+    return result if isinstance(result, int) else 0
+
+
 def _model_args(p):
     p.add_argument("checkpoint", help="checkpoint folder (config.json, model.safetensors, "
                                       "tokenizer.json)")
@@ -136,6 +152,13 @@ def parser():
     p = sub.add_parser("bench", help="kernel benchmarks (python -m bench ...)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for python -m bench")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("train", help="train a recipe (see `slime train --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="exact-match evaluation (see `slime eval --help`)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_eval)
     return ap
 
 
