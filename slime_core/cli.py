@@ -162,8 +162,20 @@ def parser():
     return ap
 
 
+# Subcommands whose arguments belong to another parser, passed through untouched (argparse's
+# REMAINDER would swallow neither a leading --help nor other leading options).
+_PASSTHROUGH = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+
+
 def main(argv=None):
     """Entry point of the `slime` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        try:
+            return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
+        except CliError as e:
+            print(f"slime {argv[0]}: {e}", file=sys.stderr)
+            return 2
     args = parser().parse_args(argv)
     try:
         return args.func(args)
