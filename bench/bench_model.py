@@ -16,12 +16,13 @@ token_select_literal (the M x T cosine matrix), and LLaVA's splice (a per-sample
 text chunks, torch.cat, then a padded batch).
 
 Both sides hold the same random weights (ours are loaded from the HF modules' state dicts,
-sharing their storage), take the same PIL image and prompt, and the first token's logits are
-checked to agree before anything is timed. Each timed round runs both chains end to end,
-interleaved, recording every stage; a stage's time is the median over rounds and the total is
-the median of the rounds' sums. At SliME-7B widths one chain costs ~3.6 TFLOP (CLIP-L on 7
-crops ~2.5, the 2-layer 4096-wide LLM on ~1.5k tokens ~1.2), about half a minute on 2 CPU
-cores, so only 2 rounds are timed (1 with --quick) after one warm-up round.
+sharing their storage), take the same PIL image and prompt, and one warm-up run of each chain
+checks that they agree (the same pixels, kept tokens and first token, logits within float32
+rounding). Then each stage is timed alone on the inputs that run left, the two sides
+interleaved; the total is the sum of the stage medians. At SliME-7B widths one chain costs
+~3.9 TFLOP (CLIP-L on 7 crops ~2.5, the 2-layer 4096-wide LLM on ~1.4k tokens ~1.2): half a
+minute at this 2-core machine's best matmul rate and several minutes when it is shared, so the
+vision tower and the prefill are timed twice (once with --quick), the other stages 5 times (3).
 
 Generation: Decoder.generate against HF's generate, greedy, tiny widths (hidden 256, 4 layers,
 vocab 1000, prompt 64, 64 new tokens), the same weights, tokens asserted identical.
@@ -29,6 +30,7 @@ vocab 1000, prompt 64, 64 new tokens), the same weights, tokens asserted identic
     python -m bench --only model [--quick]
 """
 import dataclasses
+import os
 import time
 
 import torch
@@ -372,6 +374,7 @@ def model_rows(device="cpu", quick=False, w=SLIME_7B, big_reps=None, small_reps=
         return []  # the peer's preprocessing and selection are CPU code; CPU only for now
     big_reps = big_reps or (1 if quick else 2)
     small_reps = small_reps or (3 if quick else 5)
+    load = os.getloadavg()[0]
     p = build(w)
     sides = {"ours": ours_stages(p), "peer": peer_stages(p)}
     states = {side: run_chain(stages) for side, stages in sides.items()}
@@ -438,7 +441,9 @@ def model_rows(device="cpu", quick=False, w=SLIME_7B, big_reps=None, small_reps=
         flops=sum(flops.values()), bound="compute",
         note=(f"sum of the stage medians (and of their 10/90% points); vision tower and "
               f"prefill timed {big_reps}x, the other stages {small_reps}x, after a warm-up run "
-              f"of both chains; one chain is ~{sum(flops.values()) / 1e12:.1f} TFLOP")))
+              f"of both chains; one chain is ~{sum(flops.values()) / 1e12:.1f} TFLOP; load "
+              f"average {load:.1f} before and {os.getloadavg()[0]:.1f} after on "
+              f"{os.cpu_count()} cores")))
     return rows
 
 
@@ -460,7 +465,20 @@ def build_generation(hidden=256, layers=4, heads=4, vocab=1000, seed=0):
     return ours.eval(), hf
 
 
-def generation_rows(device="cpu", quick=False, prompt=64, new=64, **widths):
+def generation_rows(device="cpu", quick=False, prompt=64, new=64, threads=1, **widths):
+    """Tokens per second of greedy generation, ours against HF generate. At these widths a
+    token is microseconds of arithmetic and the rest is per-step overhead, which a second
+    OpenMP thread only adds to (and on a loaded machine multiplies: every op waits for both
+    threads), so both run on `threads` threads (default 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _generation_rows(device, quick, prompt, new, **widths)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _generation_rows(device, quick, prompt, new, **widths):
     ours, hf = build_generation(**widths)
     ours, hf = ours.to(device), hf.to(device)
     ids = torch.randint(3, ours.config.vocab_size, (1, prompt),
@@ -489,7 +507,7 @@ def generation_rows(device="cpu", quick=False, prompt=64, new=64, **widths):
         baseline_name="HF generate", baseline=base_t, ours=ours_t,
         flops=2 * params * (prompt + new), bound="compute",
         note=(f"{new / ours_t.median:.0f} tokens/s vs {new / base_t.median:.0f} tokens/s "
-              "(prefill included); tokens identical"))]
+              f"(prefill included), {torch.get_num_threads()} thread(s); tokens identical"))]
 
 
 def run(device, ceilings, quick):
