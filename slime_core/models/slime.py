@@ -341,8 +341,9 @@ def trim_left_padding(inputs_embeds, attention_mask):
     would need a padding mask at all; generation is not compiled and syncs anyway, so the
     prefill runs on the real tokens only (without a mask when no row is padded).
     inputs_embeds (B, L, H), attention_mask (B, L) -> the same, L cut to the longest row."""
-    n = int(attention_mask.sum(1).max()) if attention_mask.shape[0] else 0
-    start = attention_mask.shape[1] - n
+    if attention_mask.shape[0] == 0:
+        return inputs_embeds, attention_mask
+    start = attention_mask.shape[1] - int(attention_mask.sum(1).max())
     return inputs_embeds[:, start:], attention_mask[:, start:]
 
 
