@@ -22,7 +22,8 @@ import torch
 from bench.common import measure_ceilings
 
 # Explicit list, no directory scanning: a module is benchmarked because it is named here.
-MODULES = ["bench.bench_tile_resize", "bench.bench_query_attention", "bench.bench_token_select"]
+MODULES = ["bench.bench_tile_resize", "bench.bench_query_attention", "bench.bench_token_select",
+           "bench.bench_model"]
 
 
 def machine_info(device):
@@ -90,7 +91,9 @@ def main(argv=None):
     print(report)
     os.makedirs(args.out, exist_ok=True)
     tag = info.get("gpu", f"{info['cores']}core").replace(" ", "-")
-    stem = os.path.join(args.out, f"{info['date']}-{args.device}-{tag}")
+    # A partial run (--only) is named after what it ran, so it never overwrites a full one.
+    name = f"{'-'.join(args.only)}-{args.device}" if args.only else f"{args.device}-{tag}"
+    stem = os.path.join(args.out, f"{info['date']}-{name}")
     with open(stem + ".md", "w") as f:
         f.write(report + "\n")
     with open(stem + ".json", "w") as f:

@@ -42,7 +42,12 @@ def time_fn(fn, device="cpu", *, warmup=2, min_repeats=5, max_repeats=50, min_ti
         fn()
         sync(device)
         times.append(time.perf_counter() - t)
-    times.sort()
+    return timing_from(times)
+
+
+def timing_from(times):
+    """Timing (median, 10th/90th percentiles, count) of measured durations in seconds."""
+    times = sorted(times)
     q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
     return Timing(statistics.median(times), q[0], q[-1], len(times))
 

@@ -5,43 +5,10 @@ nn.MultiheadAttention resampler and the shared MLP) loading the same state dict.
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 import slime_core  # noqa: F401
 from slime_core.models import GatedAdapters, build_connector, registry
-from slime_core.ops.reference import ResamplerRef
-
-
-class ReleasedGatedBlock(nn.Module):
-    """The released module's computation, written out as it does it (test oracle)."""
-
-    def __init__(self, in_dim, out_dim, grid, heads):
-        super().__init__()
-        self.attn = ResamplerRef(grid, in_dim, heads, kv_dim=in_dim)
-        self.projection = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(),
-                                        nn.Linear(out_dim, out_dim))
-        self.w_gate = nn.Parameter(torch.zeros(in_dim, 2, dtype=torch.bfloat16))
-        self.w_noise = nn.Parameter(torch.zeros(in_dim, 2, dtype=torch.bfloat16))
-        self.register_buffer("mean", torch.tensor([0.0], dtype=torch.bfloat16))
-        self.register_buffer("std", torch.tensor([1.0], dtype=torch.bfloat16))
-        self.target = grid * grid
-
-    def forward(self, x):
-        if x.shape[0] != self.target and x.shape[1] != self.target:
-            return self.projection(x)
-        N, C, D = x.shape
-        outs = [self.projection(x), self.projection(self.attn(x))]
-        flat = x.reshape(N * C, D)
-        clean = flat @ self.w_gate.to(x.dtype)
-        logits = clean
-        if self.training:
-            std = F.softplus(flat @ self.w_gate.to(x.dtype)) + 1e-2
-            logits = clean + torch.randn_like(clean) * std
-        logits = torch.softmax(logits, 1)
-        top, idx = logits.topk(2, dim=1)
-        top = top / (top.sum(1, keepdim=True) + 1e-6)
-        gates = torch.zeros_like(logits).scatter(1, idx, top).reshape(N, C, -1)
-        return torch.matmul(torch.stack(outs, dim=-1), gates.unsqueeze(-1)).squeeze(-1)
+from slime_core.ops.reference import ReleasedGatedBlockRef
 
 
 def rel(a, b):
@@ -52,7 +19,7 @@ def pair(in_dim=48, out_dim=40, grid=4, heads=4):
     ours = GatedAdapters(in_dim, out_dim, grid_size=grid, num_heads=heads)
     with torch.no_grad():  # a trained router, not the zero init (which hides the gate math)
         ours.w_gate.copy_(torch.randn(in_dim, 2) * 0.5)
-    ref = ReleasedGatedBlock(in_dim, out_dim, grid, heads)
+    ref = ReleasedGatedBlockRef(in_dim, out_dim, grid, heads)
     ref.load_state_dict(ours.state_dict())
     return ours.eval(), ref.eval()
 

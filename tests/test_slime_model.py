@@ -211,3 +211,15 @@ def test_config_errors(folders):
     ids, mask, px, crops, grids, labels = batch(9)
     with pytest.raises(ValueError, match="1 \\+ tiles"):
         model(ids, mask, px, [c + 1 for c in crops], grids)
+
+
+def test_trim_left_padding_keeps_the_longest_row_whole():
+    from slime_core.models.slime import trim_left_padding
+    x = torch.randn(3, 7, 4)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]])
+    y, m = trim_left_padding(x, mask)
+    assert torch.equal(y, x[:, 2:]) and torch.equal(m, mask[:, 2:])
+    y, m = trim_left_padding(x, torch.ones_like(mask))  # nothing to trim
+    assert y.shape == x.shape
+    y, m = trim_left_padding(x[:0], mask[:0])           # empty batch: left as it is
+    assert y.shape == (0, 7, 4) and m.shape == (0, 7)

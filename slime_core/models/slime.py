@@ -226,8 +226,8 @@ class SlimeModel(nn.Module):
         (max_new_tokens, do_sample, temperature, top_p, stop_token_ids, pad_token_id)."""
         inputs = self.prepare_inputs(input_ids, attention_mask, pixel_values, crops_per_image,
                                      grids_wh, padding_side="left")
-        return self.llm.generate(inputs_embeds=inputs.inputs_embeds,
-                                 attention_mask=inputs.attention_mask, **generate_kwargs)
+        embeds, mask = trim_left_padding(inputs.inputs_embeds, inputs.attention_mask)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **generate_kwargs)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -367,6 +367,20 @@ def processor_for(folder, device="cpu"):
     size = (VisionConfig.from_hf_config(read_config(tower)).image_size
             if tower and os.path.isdir(tower) else 336)
     return ImageProcessor(tile_size=size, device=device)
+
+
+def trim_left_padding(inputs_embeds, attention_mask):
+    """Drops the leading columns that are padding in every row of a left-padded batch.
+
+    The fixed-shape splice pads each image block to the most tokens any image could keep
+    (all M local tokens), so a prompt carries ~5% padding at top-p 0.95, and a lone prompt
+    would need a padding mask at all; generation is not compiled and syncs anyway, so the
+    prefill runs on the real tokens only (without a mask when no row is padded).
+    inputs_embeds (B, L, H), attention_mask (B, L) -> the same, L cut to the longest row."""
+    if attention_mask.shape[0] == 0:
+        return inputs_embeds, attention_mask
+    start = attention_mask.shape[1] - int(attention_mask.sum(1).max())
+    return inputs_embeds[:, start:], attention_mask[:, start:]
 
 
 def slime_config_from_hf(hf, **overrides):

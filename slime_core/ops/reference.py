@@ -192,3 +192,42 @@ class ResamplerRef(nn.Module):
         out = self.attn(q + self.pos_embed.unsqueeze(1), x + pos_k.unsqueeze(1), x,
                         key_padding_mask=key_padding_mask)[0]
         return self.proj(self.ln_post(out.permute(1, 0, 2)))
+
+
+# ---- gated connector ----
+
+
+class ReleasedGatedBlockRef(nn.Module):
+    """SliME's gated mixture of adapters (mm_projector_type "gated") computed as the released
+    module computes it: both experts on every token, a softmax router, top-2 of 2 with
+    renormalisation, a scatter into dense gates and a stack-and-matmul to mix; inputs that are
+    not the global view's grid*grid tokens take the MLP only. Same parameter names as
+    slime_core.models.GatedAdapters, so either loads the other's state_dict. x: (N, L, D_v)."""
+
+    def __init__(self, in_dim, out_dim, grid, heads):
+        super().__init__()
+        self.attn = ResamplerRef(grid, in_dim, heads, kv_dim=in_dim)
+        self.projection = nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(),
+                                        nn.Linear(out_dim, out_dim))
+        self.w_gate = nn.Parameter(torch.zeros(in_dim, 2, dtype=torch.bfloat16))
+        self.w_noise = nn.Parameter(torch.zeros(in_dim, 2, dtype=torch.bfloat16))
+        self.register_buffer("mean", torch.tensor([0.0], dtype=torch.bfloat16))
+        self.register_buffer("std", torch.tensor([1.0], dtype=torch.bfloat16))
+        self.target = grid * grid
+
+    def forward(self, x):
+        if x.shape[0] != self.target and x.shape[1] != self.target:
+            return self.projection(x)
+        N, C, D = x.shape
+        outs = [self.projection(x), self.projection(self.attn(x))]
+        flat = x.reshape(N * C, D)
+        clean = flat @ self.w_gate.to(x.dtype)
+        logits = clean
+        if self.training:
+            std = F.softplus(flat @ self.w_gate.to(x.dtype)) + 1e-2
+            logits = clean + torch.randn_like(clean) * std
+        logits = torch.softmax(logits, 1)
+        top, idx = logits.topk(2, dim=1)
+        top = top / (top.sum(1, keepdim=True) + 1e-6)
+        gates = torch.zeros_like(logits).scatter(1, idx, top).reshape(N, C, -1)
+        return torch.matmul(torch.stack(outs, dim=-1), gates.unsqueeze(-1)).squeeze(-1)
