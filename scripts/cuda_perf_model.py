@@ -241,8 +241,10 @@ def attention_fwd_smem(elem, dp):
     ld_qk, ld_v = (dp + 8, dp + 8) if mma else (dp + 1, dp)
     a128 = lambda x: -(-x // 128) * 128
     k_off = a128(s * 64 * ld_qk)
-    v_off = a128(k_off + s * 32 * ld_qk)
-    s_off = a128(v_off + s * 32 * ld_v)
+    if mma:
+        s_off = a128(a128(k_off + s * 32 * ld_qk) + s * 32 * ld_v)
+    else:  # float32 loads V into K's buffer once the scores are done (kKVShared)
+        s_off = a128(k_off + s * 32 * ld_qk)
     p_off = a128(s_off + 4 * 64 * (32 + 4))
     o_off = a128(p_off + (elem * 64 * (32 + 8) if mma else 0))
     a_off = a128(o_off + 4 * 64 * (dp + 4))

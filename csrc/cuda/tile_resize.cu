@@ -47,7 +47,11 @@ __device__ __forceinline__ uint8_t hfilter(const uint8_t* row, const DevTable& h
 
 template <typename T>
 __device__ __forceinline__ T out_value(uint8_t v, int ch, const float* mean, const float* stdev) {
-  return cuda::from_float<T>(clip_normalize(v, mean[ch], stdev[ch]));
+  // Selects rather than indexes: a runtime index into the by-value kernel arguments puts
+  // them in local memory (a 64 B stack frame per thread, ptxas -v).
+  const float m = ch == 0 ? mean[0] : (ch == 1 ? mean[1] : mean[2]);
+  const float s = ch == 0 ? stdev[0] : (ch == 1 ? stdev[1] : stdev[2]);
+  return cuda::from_float<T>(clip_normalize(v, m, s));
 }
 template <>
 __device__ __forceinline__ uint8_t out_value<uint8_t>(uint8_t v, int, const float*, const float*) {

@@ -245,7 +245,9 @@ __device__ float block_max_of(const float* v, int64_t M, float* fscratch) {
   return block_max(mx, fscratch);
 }
 
-__global__ void __launch_bounds__(kSelectThreads) select_kernel(SelectArgs a) {
+// One resident block per SM is all it gets (B blocks of 1024 threads): the bound lets ptxas
+// use 64 registers, so sm_90 no longer spills (32 registers did).
+__global__ void __launch_bounds__(kSelectThreads, 1) select_kernel(SelectArgs a) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float fscratch[kWarp + 1];
   __shared__ double dscratch[kWarp + 1];
