@@ -284,17 +284,8 @@ def save_safetensors(state_dict, path, metadata=None):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    _replace_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata),
+                    suffix=".safetensors")
 
 
 def save_safetensors_folder(state_dict, folder, max_shard_bytes=5 * 2**30, metadata=None):
@@ -336,19 +327,28 @@ def save_safetensors_folder(state_dict, folder, max_shard_bytes=5 * 2**30, metad
     return written
 
 
-def _write_atomic(path, text):
+def _replace_atomic(path, write, suffix=""):
+    """write(tmp) into a temporary file beside `path`, fsync it, rename it over `path`: a
+    crash at any point leaves the old file whole (or no file), never a torn one."""
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _write_atomic(path, text):
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+    _replace_atomic(path, write)
 
 
 def write_config(config, folder):

@@ -17,7 +17,6 @@ Module names follow the released checkpoints (LLaVA layout: model.mm_projector.*
 model.sampler.post_qformer.*, the LLM's own keys), see from_pretrained / save_pretrained.
 """
 import dataclasses
-import json
 import os
 from typing import NamedTuple, Optional
 
@@ -26,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from slime_core.checkpoint import (CheckpointError, load_into, load_safetensors, read_config,
-                                   save_safetensors)
+                                   save_safetensors, write_config)
 from slime_core.models.connectors import build_connector
 from slime_core.models.llm import Decoder, DecoderConfig
 from slime_core.models.resampler import Resampler
@@ -278,10 +277,7 @@ class SlimeModel(nn.Module):
             "slime_core_processor": _processor_settings(processor),
         })
         save_safetensors(self.llava_state_dict(), os.path.join(folder, "model.safetensors"))
-        tmp = os.path.join(folder, ".config.json.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(hf, f, indent=2)
-        os.replace(tmp, os.path.join(folder, "config.json"))
+        write_config(hf, folder)
 
     @classmethod
     def from_pretrained(cls, folder, vision_tower=None, dtype=torch.float32, device="cpu",
