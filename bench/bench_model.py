@@ -192,7 +192,7 @@ def ours_stages(p):
         mask = torch.ones_like(ids)
         text = llm.embed_tokens(ids.masked_fill(ids < 0, 0))                # (1, T + 1, H)
         text_mask = mask.bool() & (ids != cfg.image_token_id)
-        index, m = tile_raster_index(s["out"].grids, cfg.local_grid, order=cfg.local_order)
+        index, m = tile_raster_index(s["out"].grids_wh, cfg.local_grid, order=cfg.local_order)
         local = gather_rows(s["tiles_h"].flatten(0, 1), index)               # (1, M, H)
         kept, counts = model._select(model, local, text, text_mask, m)
         return dict(mask=mask, text=text, local=local, kept=kept, counts=counts)
@@ -222,7 +222,7 @@ def released_crops(image, plan):
     from PIL import Image
     S = plan.tile_size
     crops = [image.resize((S, S), Image.BICUBIC)]
-    canvas = Image.new("RGB", plan.canvas, (0, 0, 0))
+    canvas = Image.new("RGB", plan.canvas_wh, (0, 0, 0))
     canvas.paste(image.resize((plan.new_w, plan.new_h), Image.BICUBIC), (plan.off_x, plan.off_y))
     for ty in range(plan.grid_h):
         for tx in range(plan.grid_w):

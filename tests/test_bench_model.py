@@ -22,11 +22,11 @@ def test_staged_chain_is_slime_models_path(pair):
     ids = pair.input_ids
     with torch.no_grad():
         spliced = pair.model.prepare_inputs(ids, torch.ones_like(ids), out.pixel_values,
-                                            out.crops_per_image, out.grids, padding_side="left")
+                                            out.crops_per_image, out.grids_wh, padding_side="left")
         x, mask = trim_left_padding(spliced.inputs_embeds, spliced.attention_mask)
         logits = pair.model.llm(inputs_embeds=x, attention_mask=mask)[0, -1]
         first = pair.model.generate(ids, torch.ones_like(ids), out.pixel_values,
-                                    out.crops_per_image, out.grids, max_new_tokens=1)
+                                    out.crops_per_image, out.grids_wh, max_new_tokens=1)
     assert torch.equal(ours["x"], x) and bool(mask.all())
     # The toy selection drops tokens, so the fixed-shape splice had padding to trim.
     assert ours["padded_length"] > x.shape[1]

@@ -681,7 +681,7 @@ def test_cached_generation_equals_recomputing_every_step(tokenizer):
         for _ in range(5):
             x = torch.tensor([ids + new])
             logits = model(x, torch.ones_like(x), px.pixel_values, px.crops_per_image,
-                           px.grids).logits
+                           px.grids_wh).logits
             new.append(int(logits[0, -1].argmax()))
             if new[-1] == tokenizer.eos_id:
                 break

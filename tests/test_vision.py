@@ -213,7 +213,7 @@ def test_processor_feeds_tower(folders):
     size = VISION["clip"]["image_size"]
     rng = np.random.default_rng()
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(50, 95), (17, 40)]]
-    out = ImageProcessor(tile_size=size, planner="fixed", grid=(2, 1))(images)
+    out = ImageProcessor(tile_size=size, planner="fixed", grid_wh=(2, 1))(images)
     assert out.pixel_values.shape == (sum(out.crops_per_image), 3, size, size)
     tower = VisionTower.from_pretrained(folder)
     with torch.no_grad():

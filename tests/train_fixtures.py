@@ -61,7 +61,7 @@ class SyntheticDataset:
         labels = ids.clone()
         labels[:T // 2 + 1] = -100
         return {"input_ids": ids, "labels": labels, "pixel_values": out.pixel_values,
-                "crops_per_image": out.crops_per_image[0], "grid_wh": out.grids[0], "index": i}
+                "crops_per_image": out.crops_per_image[0], "grid_wh": out.grids_wh[0], "index": i}
 
 
 def collate(samples):

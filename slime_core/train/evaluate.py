@@ -139,7 +139,7 @@ def generate_answers(model, tokenizer, template, processor, questions, image_fol
         images = processor([_image(q, image_folder) for q in chunk])
         new = model.generate(ids.to(device), mask.to(device),
                              images.pixel_values.to(device, model.vision_tower.dtype),
-                             images.crops_per_image, images.grids,
+                             images.crops_per_image, images.grids_wh,
                              max_new_tokens=max_new_tokens, stop_token_ids=stops,
                              pad_token_id=pad)
         for row in new.tolist():
