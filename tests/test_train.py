@@ -702,3 +702,14 @@ def test_conversation_format_questions(tmp_path):
         ev.load_questions([{"text": "hi", "answer": "a"}])
     with pytest.raises(ValueError, match="3 questions but 2"):
         ev.score(ev.load_questions([{"image": "x", "text": "t", "answer": "a"}] * 3), ["a"] * 2)
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused_up_front(tmp_path):
+    from slime_core.text import Tokenizer
+    from text_fixtures import save_llama
+    dataset = SyntheticDataset(4)
+    dataset.tokenizer = Tokenizer.from_folder(save_llama(tmp_path / "tok"))  # ~680 ids
+    model = build_model()
+    assert model.llm.embed_tokens.num_embeddings <= dataset.tokenizer.max_id
+    with pytest.raises(ValueError, match="embedding table has only"):
+        Trainer(model, STAGE_NOISY, dataset, collate, str(tmp_path / "run"), log_every=0)

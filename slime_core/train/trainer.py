@@ -269,6 +269,10 @@ class Trainer:
         self.device = torch.device(device)
         self.layout, self.out_dir = layout, out_dir
         self.dataset, self.collate = dataset, collate
+        tokenizer = getattr(dataset, "tokenizer", None)
+        if tokenizer is not None and hasattr(model, "llm"):
+            # An id past the embedding table would fail deep in the first forward.
+            tokenizer.check_fits(model.llm.embed_tokens.num_embeddings)
         self.save_every, self.keep, self.log_every = save_every, keep, log_every
         self.stream = stream if stream is not None else sys.stdout
         st = self.stage
