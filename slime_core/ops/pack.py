@@ -238,7 +238,7 @@ def splice_image_tokens(text_embeds, attention_mask, image_positions, image_toke
     # than gathering both sources and selecting).
     rows = torch.cat([text_embeds, image_tokens, text_embeds.new_zeros(B, 1, H)], dim=1)
     src = torch.where(is_img, T + img_src, torch.where(is_text, text_src, T + K))
-    embeds = _take(rows, src)
+    embeds = rows.gather(1, src.unsqueeze(-1).expand(-1, -1, H))
     if padding_side == "right":
         pos_ids = j.expand(B, L)
     else:
@@ -248,13 +248,6 @@ def splice_image_tokens(text_embeds, attention_mask, image_positions, image_toke
         out_labels = torch.where(is_text, labels.gather(1, text_src) if T else text_src,
                                  IGNORE_INDEX)
     return SplicedInputs(embeds, valid.long(), pos_ids.contiguous(), out_labels)
-
-
-def _take(x, idx):
-    """x[b, idx[b, j]] for (B, N, H) x and (B, L) idx; an empty x gives zeros."""
-    if x.shape[1] == 0:
-        return x.new_zeros(x.shape[0], idx.shape[1], x.shape[2])
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[2]))
 
 
 def _check_splice(real, positions, has_img, counts, n_out, K, L):
