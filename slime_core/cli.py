@@ -1,5 +1,7 @@
 """The `slime` command line.
 
+    slime demo [--out DIR]           the main job: data, a tiny SliME and its ablations
+                                     trained on the CPU, one table (slime_core.demo)
     slime info                       what was built and registered (torch, CUDA, ops)
     slime generate CKPT IMAGE PROMPT answer a question about an image with a checkpoint
     slime explain CKPT IMAGE PROMPT  PNG of the grid, the tiles and the local tokens kept
@@ -41,16 +43,6 @@ def _load(args):
     return model, tok, processor_for(ckpt)
 
 
-def _prompt_ids(tok, template, prompt):
-    import torch
-
-    from slime_core.text import build_prompt, get_template, tokenize_prompt
-    text = prompt if "<image>" in prompt else "<image>\n" + prompt
-    ids = tokenize_prompt(tok, build_prompt(get_template(template), [{"from": "human",
-                                                                       "value": text}]))
-    return torch.tensor([ids])
-
-
 def cmd_info(args):
     """`slime info`: prints slime_core.info (or its JSON)."""
     from slime_core import info
@@ -60,9 +52,11 @@ def cmd_info(args):
 def cmd_generate(args):
     """`slime generate`: the model's answer to a prompt about one image."""
     import torch
+
+    from slime_core.explain import prompt_ids
     model, tok, proc = _load(args)
     images = proc([_existing(args.image, "image")])
-    ids = _prompt_ids(tok, args.template, args.prompt)
+    ids = prompt_ids(tok, args.template, args.prompt)
     stop = [tok.eos_id] if tok.eos_id is not None else []
     out = model.generate(ids, torch.ones_like(ids), images.pixel_values,
                          images.crops_per_image, images.grids_wh,
@@ -74,26 +68,18 @@ def cmd_generate(args):
 
 def cmd_explain(args):
     """`slime explain`: a PNG of the grid, the tiles and the local tokens kept."""
-    import torch
-
-    from slime_core.explain import draw_selection
-    model, tok, proc = _load(args)
-    images = proc([_existing(args.image, "image")])
-    ids = _prompt_ids(tok, args.template, args.prompt)
-    with torch.no_grad():
-        text = model.llm.embed_tokens(ids.masked_fill(ids < 0, 0))
-        _, _, sel = model.image_tokens(images.pixel_values, images.crops_per_image,
-                                       images.grids_wh, text, ids != model.config.image_token_id,
-                                       return_selection=True)
-    if sel is None:
-        raise CliError("this checkpoint runs the global view only: there is no selection")
-    indices, kept, local = sel
     from PIL import Image
-    with Image.open(args.image) as im:
+
+    from slime_core.explain import selection_png
+    model, tok, proc = _load(args)
+    with Image.open(_existing(args.image, "image")) as im:
         picture = im.convert("RGB")
-    draw_selection(picture, images.plans[0], indices[0, :int(kept[0])].tolist(), int(local[0]),
-                   model.config.local_grid, model.config.local_order, args.prompt).save(args.out)
-    print(f"kept {int(kept[0])} of {int(local[0])} local tokens; wrote {args.out}")
+    try:
+        kept, local = selection_png(model, tok, proc, picture, args.prompt, args.out,
+                                    args.template)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    print(f"kept {kept} of {local} local tokens; wrote {args.out}")
     return 0
 
 
@@ -107,6 +93,12 @@ def cmd_bench(args):
     sys.argv = ["bench"] + args.rest
     runpy.run_module("bench", run_name="__main__")
     return 0
+
+
+def cmd_demo(args):
+    """`slime demo ...`: python -m slime_core.demo with the same arguments."""
+    from slime_core.demo import main as demo_main
+    return demo_main(args.rest)
 
 
 def cmd_train(args):
@@ -152,6 +144,10 @@ def parser():
     p = sub.add_parser("bench", help="kernel benchmarks (python -m bench ...)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for python -m bench")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("demo", help="train a tiny SliME and its ablations, print the table "
+                                    "(see `slime demo --help`)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("train", help="train a recipe (see `slime train --help`)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train)
@@ -164,7 +160,7 @@ def parser():
 
 # Subcommands whose arguments belong to another parser, passed through untouched (argparse's
 # REMAINDER would swallow neither a leading --help nor other leading options).
-_PASSTHROUGH = {"train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
+_PASSTHROUGH = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "bench": cmd_bench}
 
 
 def main(argv=None):

@@ -51,3 +51,35 @@ def draw_selection(image, plan, kept, n_local, side, order, caption="", max_side
     draw.rectangle([0, 0, out.width, 14], fill=(0, 0, 0))
     draw.text((3, 2), f"{label}  {caption}"[:200], fill=(255, 255, 255))
     return out
+
+
+def prompt_ids(tokenizer, template, prompt):
+    """(1, T) input ids of a one-turn prompt for generation (the image first)."""
+    import torch
+
+    from slime_core.text import build_prompt, get_template, tokenize_prompt
+    text = prompt if "<image>" in prompt else "<image>\n" + prompt
+    ids = tokenize_prompt(tokenizer, build_prompt(get_template(template),
+                                                  [{"from": "human", "value": text}]))
+    return torch.tensor([ids])
+
+
+def selection_png(model, tokenizer, processor, image, prompt, out, template="vicuna_v1"):
+    """Writes `out`: draw_selection of the local tokens `model` keeps for `prompt` about
+    `image` (a PIL image). Returns (kept, local token count). Raises ValueError for a
+    global-only model (it selects nothing)."""
+    import torch
+    images = processor([image])
+    ids = prompt_ids(tokenizer, template, prompt)
+    model.eval()
+    with torch.no_grad():
+        text = model.llm.embed_tokens(ids.masked_fill(ids < 0, 0))
+        _, _, sel = model.image_tokens(images.pixel_values, images.crops_per_image,
+                                       images.grids_wh, text, ids != model.config.image_token_id,
+                                       return_selection=True)
+    if sel is None:
+        raise ValueError("this model runs the global view only: there is no selection")
+    indices, kept, local = sel
+    draw_selection(image, images.plans[0], indices[0, :int(kept[0])].tolist(), int(local[0]),
+                   model.config.local_grid, model.config.local_order, prompt).save(out)
+    return int(kept[0]), int(local[0])

@@ -153,6 +153,44 @@ def test_builtin_records_and_images_agree(built):
                c["conversations"][1]["value"].count("digit") == 3 for c in captions)
 
 
+@pytest.mark.parametrize("single", [False, True])
+def test_builtin_dots_objects_and_questions_agree(tmp_path, single):
+    """With dots: objects.json says where every shape and dot is, the PNG has them there in
+    the named colours, every (shape, colour) pair is unique in an image, and a "dot"
+    question's answer is the dot on the shape it names."""
+    paths = build_builtin(str(tmp_path), seed=SEED, n_train=6, n_val=2, dots=True,
+                          single=single, shapes_per_cell=1 if single else 2,
+                          question_types=("dot", "colour"), questions_per_image=3,
+                          caption_cells=2, **SMALL)
+    scenes = load(paths.objects_json)
+    assert sorted(scenes) == sorted(os.listdir(paths.image_folder))
+    for name, scene in scenes.items():
+        image = Image.open(os.path.join(paths.image_folder, name)).convert("RGB")
+        assert image.size == (scene["width"], scene["height"])
+        objects = scene["objects"]
+        assert len(objects) == (1 if single else 18)
+        assert len({(o["shape"], o["colour"]) for o in objects}) == len(objects)
+        for o in objects:
+            assert o["dot_colour"] != o["colour"]
+            x0, y0, x1, y1 = o["dot_box"]
+            assert o["box"][0] <= x0 < x1 <= o["box"][2] and o["box"][1] <= y0 < y1 <= o["box"][3]
+            # the dot's pixels are the dot's colour, up to the jitter
+            assert near(image.getpixel(((x0 + x1 - 1) // 2, (y0 + y1 - 1) // 2)),
+                        o["dot_colour"]), (SEED, name, o)
+            if single:
+                assert o["position"] == bi.SINGLE_POSITION
+    for r in load(paths.train_json) + load(paths.val_json):
+        question, answer = (t["value"] for t in r["conversations"])
+        objects = scenes[r["image"]]["objects"]
+        if r["question_type"] == "dot":
+            named = [o for o in objects if f"the {o['colour']} {o['shape']}?" in question]
+            assert len(named) == 1 and answer == named[0]["dot_colour"], (SEED, r)
+    for c in load(paths.captions_json):
+        assert " dot" in c["conversations"][1]["value"]
+    with pytest.raises(ValueError, match="needs dots=True"):
+        build_builtin(str(tmp_path / "x"), n_train=1, question_types=("dot",), **SMALL)
+
+
 def test_builtin_tokenizer_matches_transformers(built, tok):
     transformers = pytest.importorskip("transformers")
     hf = transformers.PreTrainedTokenizerFast.from_pretrained(built.tokenizer_folder)

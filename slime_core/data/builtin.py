@@ -7,6 +7,7 @@
     paths.captions_json                  # caption pairs for the alignment stages ("plain")
     paths.image_folder                   # the PNGs (image paths in the JSON are relative to it)
     paths.tokenizer_folder               # tokenizer.json + tokenizer_config.json, trained here
+    paths.objects_json                   # every image's shapes (and dots): names and boxes
 
 Each image (1000 to 2000 px wide by default) is cut into a 3 x 3 grid of named cells ("top
 left", ..., "centre", ..., "bottom right"). Every cell holds one cluster: `shapes_per_cell`
@@ -66,12 +67,14 @@ COLOURS = {"red": (215, 35, 35), "green": (35, 150, 55), "blue": (40, 70, 215),
            "black": (20, 20, 20)}
 SHAPES = ("square", "circle", "triangle", "cross")
 DIGITS = tuple("0123456789")
-QUESTION_TYPES = ("colour", "shape", "digit")
+QUESTION_TYPES = ("colour", "shape", "digit")  # the default set
+SINGLE_POSITION = "picture"  # single=True: the one cluster's "cell"
+DOT_TYPE = "dot"  # "What colour is the dot on the red square?": needs dots=True
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>"}
 DEMO_TEMPLATE = "vicuna_v1"  # instruction records; captions.json is for the "plain" template
 MANIFEST = "builtin.json"  # the arguments a folder was built with; written last
-_FORMAT = 1  # bump when the same arguments would give other files
+_FORMAT = 2  # bump when the same arguments would give other files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +85,8 @@ class BuiltinPaths:
     val_json: str
     captions_json: str
     tokenizer_folder: str
+    objects_json: str     # {image: {"width", "height", "objects": [...]}}: where each shape,
+    #                       dot and digit is (see _objects)
 
 
 def _paths(folder):
@@ -89,7 +94,8 @@ def _paths(folder):
                         train_json=os.path.join(folder, "train.json"),
                         val_json=os.path.join(folder, "val.json"),
                         captions_json=os.path.join(folder, "captions.json"),
-                        tokenizer_folder=os.path.join(folder, "tokenizer"))
+                        tokenizer_folder=os.path.join(folder, "tokenizer"),
+                        objects_json=os.path.join(folder, "objects.json"))
 
 
 def _check_range(name, value, low, high, kind=int):
@@ -115,7 +121,8 @@ def _font(size):
     return ImageFont.load_default(size=size)
 
 
-def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell, jitter):
+def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell, jitter,
+           dots=False, single=False):
     """Everything about one image, drawn from its own stream (no pixels yet)."""
     # A str seed goes through SHA-512 in random.seed: stable across runs and platforms.
     rng = random.Random(f"slime-builtin/{seed}/{split}/{index}")
@@ -128,22 +135,37 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
     cluster_w = shapes_per_cell * (slot + gap) + slot  # shapes, then the digit
     shade = round(80 * jitter)  # per-channel colour jitter
     cells = []
-    for k, position in enumerate(POSITIONS):
+    if dots:
+        # Every object a different (shape, colour) pair, so that a question can name one
+        # object by them wherever it is.
+        pairs = rng.sample([(s, c) for s in SHAPES for c in sorted(COLOURS)],
+                           (1 if single else len(POSITIONS)) * shapes_per_cell)
+    for k, position in enumerate((SINGLE_POSITION,) if single else POSITIONS):
         row, col = divmod(k, 3)
         x0, x1 = col * width // 3, (col + 1) * width // 3
         y0, y1 = row * height // 3, (row + 1) * height // 3
+        if single:  # one cluster anywhere in the image
+            x0, x1, y0, y1 = 0, width, 0, height
         x = rng.randint(x0 + gap, max(x0 + gap, x1 - gap - cluster_w))
         y = rng.randint(y0 + gap, max(y0 + gap, y1 - gap - slot))
-        shapes = rng.sample(SHAPES, shapes_per_cell)
-        colours = rng.sample(sorted(COLOURS), shapes_per_cell)
-        objects = []
+        if dots:
+            mine = pairs[k * shapes_per_cell:(k + 1) * shapes_per_cell]
+            shapes, colours = [s for s, _ in mine], [c for _, c in mine]
+        else:
+            shapes = rng.sample(SHAPES, shapes_per_cell)
+            colours = rng.sample(sorted(COLOURS), shapes_per_cell)
+        objects, dot_colours = [], []
         for j, (shape, colour) in enumerate(zip(shapes, colours)):
             side = max(3, round(size * rng.uniform(1 - jitter, 1 + jitter)))
-            rgb = tuple(min(255, max(0, v + rng.randint(-shade, shade)))
-                        for v in COLOURS[colour])
+            rgb = _jittered(rng, COLOURS[colour], shade)
+            dot = None
+            if dots:
+                dot_colour = rng.choice([c for c in sorted(COLOURS) if c != colour])
+                dot_colours.append(dot_colour)
+                dot = (_jittered(rng, COLOURS[dot_colour], shade), max(2, round(side / 3)))
             # centred in its slot
             objects.append((shape, rgb, side, x + j * (slot + gap) + (slot - side) // 2,
-                            y + (slot - side) // 2))
+                            y + (slot - side) // 2, dot))
         digit = rng.choice(DIGITS)
         digit_size = max(4, round(1.4 * size * rng.uniform(1 - jitter, 1 + jitter)))
         digit_grey = rng.randint(0, round(240 * jitter))
@@ -153,10 +175,14 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
         box = [min(x, math.floor(tx + left)), min(y, math.floor(ty + top)),
                max(x + cluster_w, math.ceil(tx + right)), max(y + slot, math.ceil(ty + bottom))]
         cells.append({"position": position, "shapes": shapes, "colours": colours,
-                      "digit": digit, "objects": objects,
+                      "dot_colours": dot_colours, "digit": digit, "objects": objects,
                       "text": (tx, ty, digit_size, (digit_grey,) * 3), "box": box})
     return {"width": width, "height": height, "background": background, "cells": cells,
             "rng_state": rng.getstate()}
+
+
+def _jittered(rng, rgb, shade):
+    return tuple(min(255, max(0, v + rng.randint(-shade, shade))) for v in rgb)
 
 
 def _draw_shape(draw, shape, x, y, size, fill):
@@ -174,12 +200,37 @@ def _draw_shape(draw, shape, x, y, size, fill):
         draw.rectangle([x, y + a, x + s, y + a + t - 1], fill=fill)
 
 
+def _dot_box(x, y, side, d):
+    """A square dot at 0.6 of the shape's height: inside every shape (a triangle's middle
+    is low, a cross's bars cross in the centre)."""
+    dx, dy = x + (side - d) // 2, y + round(0.6 * side - d / 2)
+    return [dx, dy, dx + d, dy + d]
+
+
+def _objects(scene):
+    """What is where in a scene, in pixels (boxes x0, y0, x1, y1, end exclusive): one entry
+    per shape with its name, colour name, box, and with dots its dot's colour and box."""
+    out = []
+    for cell in scene["cells"]:
+        for k, (shape, _, side, x, y, dot) in enumerate(cell["objects"]):
+            o = {"position": cell["position"], "shape": shape, "colour": cell["colours"][k],
+                 "box": [x, y, x + side, y + side]}
+            if dot is not None:
+                o["dot_colour"] = cell["dot_colours"][k]
+                o["dot_box"] = _dot_box(x, y, side, dot[1])
+            out.append(o)
+    return out
+
+
 def _render(scene, path, compress_level):
     image = Image.new("RGB", (scene["width"], scene["height"]), scene["background"])
     draw = ImageDraw.Draw(image)
     for cell in scene["cells"]:
-        for shape, rgb, side, x, y in cell["objects"]:
+        for shape, rgb, side, x, y, dot in cell["objects"]:
             _draw_shape(draw, shape, x, y, side, rgb)
+            if dot is not None:
+                x0, y0, x1, y1 = _dot_box(x, y, side, dot[1])
+                draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=dot[0])
         x, y, font_size, grey = cell["text"]
         draw.text((x, y), cell["digit"], font=_font(font_size), fill=grey, anchor="lm")
     image.save(path, format="PNG", compress_level=compress_level)
@@ -197,11 +248,17 @@ def _question(rng, cell, question_type):
     if question_type == "shape":
         k = rng.randrange(len(cell["shapes"]))
         return f"Which shape is {cell['colours'][k]} in the {position}?", cell["shapes"][k]
+    if question_type == "dot":
+        k = rng.randrange(len(cell["shapes"]))
+        return (f"What colour is the dot on the {cell['colours'][k]} {cell['shapes'][k]}?",
+                cell["dot_colours"][k])
     return f"Which digit is in the {position}?", cell["digit"]
 
 
 def _describe(cell):
     parts = [f"{c} {s}" for s, c in zip(cell["shapes"], cell["colours"])]
+    if cell["dot_colours"]:
+        parts = [f"{p} with {'an' if d[0] in 'aeiou' else 'a'} {d} dot" for p, d in zip(parts, cell["dot_colours"])]
     return f"{cell['position']}: " + ", ".join(parts) + f", digit {cell['digit']}."
 
 
@@ -218,7 +275,8 @@ def _records(scene, image, rng, questions_per_image, question_types, caption_cel
                    "conversations": [
                        {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{question}"},
                        {"from": "gpt", "value": answer}]})
-    cells = sorted(rng.sample(range(len(POSITIONS)), caption_cells))
+    cells = sorted(rng.sample(range(len(scene["cells"])), min(caption_cells,
+                                                                len(scene["cells"]))))
     caption = {"id": f"{split}_{index:06d}_caption", "image": image,
                "conversations": [
                    {"from": "human", "value": IMAGE_PLACEHOLDER},
@@ -271,7 +329,7 @@ def _write_json(path, records):
 def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 2000),
                   aspect=(0.5, 0.8), detail_frac=0.02, jitter=0.25, shapes_per_cell=3,
                   questions_per_image=2, question_types=QUESTION_TYPES, caption_cells=3,
-                  compress_level=1, workers=0):
+                  compress_level=1, dots=False, single=False, workers=0):
     """Write the built-in dataset into `folder` (created if missing; files there are
     overwritten) and return its BuiltinPaths.
 
@@ -289,6 +347,15 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     shapes_per_cell:     shapes in each cell's cluster (1 to 4, all different)
     question_types:      a subset of ("colour", "shape", "digit")
     caption_cells:       cells a caption describes (1 to 9)
+    dots:                a dot of another colour on every shape (a third of its side, 0.7 px
+                         in the global view at the demo's sizes), every object of an image a
+                         different (shape, colour) pair (shapes_per_cell at most 3), captions
+                         name the dots, and question type "dot" asks for one: "What colour is
+                         the dot on the red square?" (the demo's task, see slime_core.demo)
+    single:              one cluster per image, anywhere in it, instead of one per cell of
+                         the 3 x 3 grid; questions name its place "the picture" (and
+                         captions describe it so): what to answer is at an unknown place in
+                         an image of over a million pixels, and under 0.1% of it
     compress_level:      PNG zlib level (1: fast, files ~30 KB since most pixels are flat)
     workers:             processes drawing the images (0: this one); no effect on the bytes
     """
@@ -306,6 +373,12 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     if not 0 <= jitter <= 0.5:
         raise ValueError(f"jitter must be in [0, 0.5], got {jitter}")
     _check_count("shapes_per_cell", shapes_per_cell, 1)
+    for name, flag in (("dots", dots), ("single", single)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if dots and shapes_per_cell > 3:
+        raise ValueError("dots=True needs shapes_per_cell <= 3 (9 cells x 3 objects of 28 "
+                         f"(shape, colour) pairs, all different), got {shapes_per_cell}")
     if shapes_per_cell > len(SHAPES):
         raise ValueError(f"shapes_per_cell must be at most {len(SHAPES)}, got {shapes_per_cell}")
     # A cluster (shapes in slots of (1 + jitter) * size, half-size gaps, the digit, margins)
@@ -322,9 +395,11 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                          f"got {aspect[0]}")
     _check_count("questions_per_image", questions_per_image, 1)
     question_types = tuple(question_types)
-    bad = [t for t in question_types if t not in QUESTION_TYPES]
+    known = QUESTION_TYPES + ((DOT_TYPE,) if dots else ())
+    bad = [t for t in question_types if t not in known]
     if not question_types or bad:
-        raise ValueError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, "
+        hint = " ('dot' needs dots=True)" if DOT_TYPE in bad else ""
+        raise ValueError(f"question_types must be a non-empty subset of {known}{hint}, "
                          f"got {question_types!r}")
     _check_count("caption_cells", caption_cells, 1)
     if caption_cells > len(POSITIONS):
@@ -339,17 +414,19 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
         os.remove(manifest)  # the folder is not a finished build until the end
     image_folder = _paths(folder).image_folder
     os.makedirs(image_folder, exist_ok=True)
-    jobs, splits, captions = [], {"train": [], "val": []}, []
+    jobs, splits, captions, objects = [], {"train": [], "val": []}, [], {}
     for split, count in (("train", n_train), ("val", n_val)):
         for i in range(count):
             scene = _scene(seed, split, i, tuple(image_width), tuple(aspect), detail_frac,
-                           shapes_per_cell, jitter)
+                           shapes_per_cell, jitter, dots, single)
             rng = random.Random()
             rng.setstate(scene.pop("rng_state"))
             name = f"{split}_{i:06d}.png"
             qa, caption = _records(scene, name, rng, questions_per_image, question_types,
                                    caption_cells, split, i)
             splits[split] += qa
+            objects[name] = {"width": scene["width"], "height": scene["height"],
+                             "objects": _objects(scene)}
             if split == "train":
                 captions.append(caption)
             jobs.append((scene, os.path.join(image_folder, name), compress_level))
@@ -364,25 +441,28 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     _write_json(paths.train_json, splits["train"])
     _write_json(paths.val_json, splits["val"])
     _write_json(paths.captions_json, captions)
+    _write_json(paths.objects_json, objects)
     texts = _template_texts() + [turn["value"].replace(IMAGE_PLACEHOLDER, " ")
                                  for records in (splits["train"], splits["val"], captions)
                                  for r in records for turn in r["conversations"]]
     _train_tokenizer(texts, paths.tokenizer_folder)
     _write_json(manifest, {"format": _FORMAT, "arguments": _arguments(
         seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
-        questions_per_image, question_types, caption_cells, compress_level)})
+        questions_per_image, question_types, caption_cells, compress_level, dots, single)})
     return paths
 
 
 def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
-               questions_per_image, question_types, caption_cells, compress_level):
+               questions_per_image, question_types, caption_cells, compress_level, dots,
+               single):
     """What the files depend on (workers does not), as JSON would read it back."""
     return json.loads(json.dumps(dict(
         seed=seed, n_train=n_train, n_val=n_val, image_width=list(image_width),
         aspect=list(aspect), detail_frac=detail_frac, jitter=jitter,
         shapes_per_cell=shapes_per_cell,
         questions_per_image=questions_per_image, question_types=list(question_types),
-        caption_cells=caption_cells, compress_level=compress_level)))
+        caption_cells=caption_cells, compress_level=compress_level,
+        **({"dots": True} if dots else {}), **({"single": True} if single else {}))))
 
 
 def ensure_builtin(folder, **kwargs):

@@ -35,6 +35,7 @@ from slime_core.ops.pack import (IGNORE_INDEX, crop_rows, find_image_positions, 
                                  pack_image_tokens, splice_image_tokens, tile_raster_index)
 from slime_core.ops.token_select import token_select
 
+VISION_SUBFOLDER = "vision_tower"  # save_pretrained(save_vision_tower=True)
 IMAGE_TOKEN_INDEX = -200  # LLaVA's placeholder id for <image>: never an embedding row
 
 
@@ -246,20 +247,33 @@ class SlimeModel(nn.Module):
                 out["model.sampler." + k] = v
         return out
 
-    def save_pretrained(self, folder, vision_tower_path=None, processor=None):
+    def save_pretrained(self, folder, vision_tower_path=None, processor=None,
+                        save_vision_tower=False):
         """Writes config.json (the LLM's HF config plus the mm_* fields) and
         model.safetensors in the LLaVA layout, atomically. vision_tower_path is recorded as
-        mm_vision_tower (default: where the tower was loaded from). processor: the
-        ImageProcessor the model was trained with; its settings are recorded so that
-        processor_for(folder) rebuilds it (default: SliME's at the tower's image size)."""
+        mm_vision_tower (default: where the tower was loaded from). save_vision_tower: also
+        write the tower (one trained here, or built at random) into folder/vision_tower, as an
+        HF folder, and point mm_vision_tower at it (relative: the folder can move).
+        processor: the ImageProcessor the model was trained with; its settings are recorded
+        so that processor_for(folder) rebuilds it (default: SliME's at the tower's image
+        size)."""
         os.makedirs(folder, exist_ok=True)
         cfg = self.config
         dtype = self.llm.lm_head.weight.dtype
         hf = self.llm.config.to_hf_config(dtype=dtype)
         tower = vision_tower_path or getattr(self.vision_tower, "source", None)
+        select_layer = self.vision_tower.config.select_layer
+        if save_vision_tower:
+            if self.vision_tower.config.post_layernorm:
+                raise ValueError("save_vision_tower: a tower whose output goes through its "
+                                 "final LayerNorm cannot be described by mm_* fields; save "
+                                 "it with VisionTower.save_pretrained and load it yourself")
+            self.vision_tower.save_pretrained(os.path.join(folder, VISION_SUBFOLDER))
+            # The folder holds exactly the layers built, the last of them the one selected.
+            tower, select_layer = VISION_SUBFOLDER, -1
         hf.update({
             "mm_vision_tower": tower,
-            "mm_vision_select_layer": self.vision_tower.config.select_layer,
+            "mm_vision_select_layer": select_layer,
             "mm_vision_select_feature": self.vision_tower.config.select_feature,
             "mm_hidden_size": self.vision_tower.config.hidden_size,
             "mm_projector_type": cfg.connector,
@@ -294,6 +308,9 @@ class SlimeModel(nn.Module):
         cfg = slime_config_from_hf(hf, **overrides)
         if vision_tower is None:
             vision_tower = hf.get("mm_vision_tower")
+            if isinstance(vision_tower, str) and not os.path.isabs(vision_tower) and \
+                    os.path.isdir(os.path.join(folder, vision_tower)):
+                vision_tower = os.path.join(folder, vision_tower)  # save_vision_tower's
             if not vision_tower or not os.path.isdir(vision_tower):
                 raise CheckpointError(
                     f"the vision tower folder {vision_tower!r} named by mm_vision_tower in "

@@ -31,6 +31,7 @@ so checkpoints load without a rename table and errors name the keys users see in
 Only torch and safetensors are needed.
 """
 import dataclasses
+import os
 from functools import partial
 
 import torch
@@ -316,6 +317,39 @@ class VisionTower(nn.Module):
         parts = name.split(".")
         return (name.startswith("encoder.layers.") and parts[2].isdigit()
                 and len(self.encoder.layers) <= int(parts[2]) < self.config.num_hidden_layers)
+
+    def save_pretrained(self, folder):
+        """Writes an HF vision-tower folder (config.json of a CLIPVisionModel or
+        SiglipVisionModel, model.safetensors with `vision_model.` keys), atomically, that
+        from_pretrained and transformers load. Only the layers built are saved, so the config
+        says that many layers: save a tower built whole (select_layer -1, or the last) when
+        another program will read every layer; this tower's select_layer is not part of an
+        HF config (a LLaVA config's mm_vision_select_layer carries it)."""
+        from slime_core.checkpoint import save_safetensors, write_config
+        c = self.config
+        clip = c.class_token
+        if (c.pre_layernorm, c.patch_bias) != (clip, not clip):
+            raise ValueError("this tower mixes CLIP's and SigLIP's switches; HF has no config "
+                             "for it")
+        built = len(self.encoder.layers)
+        hf = {"model_type": "clip_vision_model" if clip else "siglip_vision_model",
+              "architectures": ["CLIPVisionModel" if clip else "SiglipVisionModel"],
+              "image_size": c.image_size, "patch_size": c.patch_size,
+              "num_channels": c.num_channels, "hidden_size": c.hidden_size,
+              "intermediate_size": c.intermediate_size, "num_hidden_layers": built,
+              "num_attention_heads": c.num_attention_heads, "layer_norm_eps": c.layer_norm_eps,
+              "hidden_act": c.hidden_act, "attention_dropout": 0.0,
+              "torch_dtype": str(self.dtype).replace("torch.", "")}
+        state = {"vision_model." + k: v for k, v in self.state_dict().items()}
+        if self.post_layernorm is None:
+            # HF's model has a final LayerNorm; an identity one (never run by LLaVA-style
+            # models, which read hidden_states) completes the folder.
+            d = c.hidden_size
+            state["vision_model.post_layernorm.weight"] = torch.ones(d, dtype=self.dtype)
+            state["vision_model.post_layernorm.bias"] = torch.zeros(d, dtype=self.dtype)
+        os.makedirs(folder, exist_ok=True)
+        save_safetensors(state, os.path.join(folder, "model.safetensors"))
+        write_config(hf, folder)
 
     @classmethod
     def from_pretrained(cls, folder, select_layer=-2, select_feature="patch",

@@ -1,0 +1,414 @@
+"""`slime demo`: the built-in dataset, a tiny SliME and its ablations trained on the CPU, one
+table of what each variant sees and scores.
+
+    slime demo                      # runs/demo: data, every variant, table, loss curves, PNG
+    slime demo --out DIR --scale 0.1   # fewer images and steps (a smoke run)
+
+The variants (each trained here from the same random start, seeds fixed):
+
+    global only           LLaVA-style: the global view alone (the Ia, Ib stages, then the
+                          instruction stage in global mode), the same number of steps
+    global + all local    SliME's stages, instruction stage keeping every local token
+    SliME (top-p)         SliME's stages, text-guided top-p selection of local tokens
+    top-k, equal budget   SliME's stages, top-k with k = the top-p model's mean kept count
+    SliME end to end      one instruction stage with everything trainable, the same total
+                          number of steps as the staged runs
+
+SliME's stages here are SLIME_SPEC section 6's Ia, Ib, II, III with two changes forced by
+having no pretrained parts: the vision tower and the LLM are random, so both train in every
+stage (SliME keeps CLIP frozen and trains the LLM only in stage III). The three SliME variants
+share stages Ia, Ib and II (one run, copied), since they differ only in stage III.
+
+What is written under --out: data/ (the dataset, reused when its arguments match),
+variants/<name>/<stage>/ (checkpoints, metrics.jsonl, loss.png), variants/<name>/loss.png,
+slime/ (the SliME model in the LLaVA layout with its tower and tokenizer: `slime generate
+runs/demo/slime IMAGE PROMPT` answers), explain.png, results.json and results.md.
+Accuracy and token counts repeat exactly run to run on one machine (fixed seeds); the
+throughput column is a measurement and varies.
+"""
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+
+import torch
+
+from slime_core.checkpoint import load_into, load_safetensors
+from slime_core.data import LlavaDataset, collate, ensure_builtin
+from slime_core.data.builtin import COLOURS, DEMO_TEMPLATE, SHAPES
+from slime_core.models.llm import Decoder, DecoderConfig
+from slime_core.models.slime import SlimeConfig, SlimeModel
+from slime_core.models.vision import VisionConfig, VisionTower
+from slime_core.preprocess import ImageProcessor
+from slime_core.text import Tokenizer, get_template
+from slime_core.train.evaluate import evaluate, load_questions
+from slime_core.train.plot import plot_losses
+from slime_core.train.trainer import run_recipe
+
+# The task: one small shape with a dot of another colour somewhere in a 1000-1600 px image.
+# "colour" questions (the shape's colour) the global view can answer; "dot" questions (the
+# dot: 2 px in a tile, under 1 px in the global view) need the tiles.
+DATA = dict(seed=0, n_train=800, n_val=120, image_width=(1000, 1600), aspect=(0.55, 0.8),
+            detail_frac=0.04, shapes_per_cell=1, dots=True, single=True,
+            question_types=("colour", "dot"), questions_per_image=2, caption_cells=1)
+TILE, PATCH = 56, 7          # 8 x 8 patches a crop; SliME's planner gives 3 x 2 tiles here
+LOCAL_GRID = 4               # 16 compressed tokens a tile
+STEPS = dict(tower=400, Ia=60, Ib=60, II=80, III=160)
+BATCH, LR = 16, 2e-3
+
+
+def build_model(vocab_size, separator_id, image_mode="both", seed=0):
+    """The demo's tiny SliME: a 2-layer CLIP-like tower 64 wide on 56-px crops, a 2-layer
+    Llama-like decoder 96 wide, the gated connector; float32, random, seeded."""
+    torch.manual_seed(seed)
+    tower = VisionTower(VisionConfig(image_size=TILE, patch_size=PATCH, hidden_size=64,
+                                     intermediate_size=128, num_hidden_layers=2,
+                                     num_attention_heads=4, select_layer=-1))
+    for name, p in tower.embeddings.named_parameters():
+        # HF's CLIP initialisation (N(0, 0.02)) rather than torch's N(0, 1) embeddings, whose
+        # position part would drown the pixels: pretraining learns much faster from it.
+        torch.nn.init.normal_(p, std=0.02)
+    llm = Decoder(DecoderConfig(vocab_size=vocab_size, hidden_size=96, intermediate_size=192,
+                                num_layers=2, num_heads=4, num_kv_heads=4, bos_token_id=1,
+                                eos_token_id=2, pad_token_id=0))
+    cfg = SlimeConfig(image_mode=image_mode, connector="gated", num_heads=4,
+                      local_grid=LOCAL_GRID, separator_token_id=separator_id)
+    return SlimeModel(cfg, tower, llm)
+
+
+COLOUR_NAMES = sorted(COLOURS)
+
+
+def patch_targets(plan, scene, patch):
+    """Per-patch labels of one image's crops, (crops, 3, side * side) int64: the colour of the
+    shape whose centre lies in the patch, of the dot whose centre does, and the shape
+    (1-based indices into COLOUR_NAMES / SHAPES; 0: none). scene: the image's entry of
+    objects.json; plan: its preprocess Plan."""
+    S, side = plan.tile_size, plan.tile_size // patch
+    out = torch.zeros(plan.num_crops, 3, side * side, dtype=torch.int64)
+    W, H = scene["width"], scene["height"]
+    for o in scene["objects"]:
+        for box, what, value in ((o["box"], 0, COLOUR_NAMES.index(o["colour"])),
+                                 (o.get("dot_box"), 1, COLOUR_NAMES.index(o.get(
+                                     "dot_colour", o["colour"]))),
+                                 (o["box"], 2, SHAPES.index(o["shape"]))):
+            if box is None:
+                continue
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            spots = []
+            if plan.global_view:  # a plain resize of the whole image to S x S
+                spots.append((0, cx * S / W, cy * S / H))
+            xc = cx * plan.new_w / W + plan.off_x  # on the tiles' canvas
+            yc = cy * plan.new_h / H + plan.off_y
+            tx, ty = min(int(xc // S), plan.grid_w - 1), min(int(yc // S), plan.grid_h - 1)
+            spots.append((int(plan.global_view) + ty * plan.grid_w + tx, xc - tx * S,
+                          yc - ty * S))
+            for crop, x, y in spots:
+                px, py = min(int(x // patch), side - 1), min(int(y // patch), side - 1)
+                out[crop, what, py * side + px] = value + 1
+    return out
+
+
+def pretrain_tower(tower, paths, processor, steps, images_per_step=16, lr=3e-3, seed=0,
+                   stream=None):
+    """Stage 0, the demo's stand-in for CLIP's pretraining: the tower learns, per patch, the
+    colour and shape whose centre lies in it and the colour of the dot whose centre does
+    (labels from objects.json), on the training images' crops, global views and tiles
+    alike. Three linear heads read its features and are thrown away afterwards. Returns the
+    per-step losses; the tower is left frozen, as SliME keeps CLIP."""
+    with open(paths.objects_json, encoding="utf-8") as f:
+        scenes = json.load(f)
+    names = sorted(n for n in scenes if n.startswith("train_"))
+    patch = tower.config.patch_size
+    d = tower.config.hidden_size
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    heads = torch.nn.ModuleList([torch.nn.Linear(d, 1 + len(COLOUR_NAMES)),
+                                 torch.nn.Linear(d, 1 + len(COLOUR_NAMES)),
+                                 torch.nn.Linear(d, 1 + len(SHAPES))])
+    tower.unfreeze()
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr)
+    cache = {}
+    losses = []
+    for step in range(steps):
+        pick = torch.randint(len(names), (images_per_step,), generator=g).tolist()
+        pixels, targets, is_global = [], [], []
+        for i in pick:
+            name = names[i]
+            if name not in cache:
+                out = processor([os.path.join(paths.image_folder, name)])
+                cache[name] = (out.pixel_values,
+                               patch_targets(out.plans[0], scenes[name], patch))
+            pixels.append(cache[name][0])
+            targets.append(cache[name][1])
+            is_global += [True] + [False] * (len(cache[name][0]) - 1)
+        feats = tower(torch.cat(pixels))                        # (N, side*side, d)
+        target = torch.cat(targets)                             # (N, 3, side*side)
+        lr_now = lr * min(1.0, (step + 1) / max(1, steps // 20)) * 0.5 * (
+            1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr_now
+        logits = [h(feats) for h in heads]
+        loss = 0.0
+        for k, z in enumerate(logits):
+            # The mean over the patches that hold something plus half the mean over the
+            # empty ones, which outnumber them about 100 to 1.
+            ce = torch.nn.functional.cross_entropy(z.flatten(0, 1), target[:, k].flatten(),
+                                                   reduction="none")
+            full = target[:, k].flatten() > 0
+            loss = loss + ce[full].mean() + 0.5 * ce[~full].mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if stream is not None and (step + 1) % max(1, steps // 4) == 0:
+            # accuracy on the patches that hold something, in tiles / in global views
+            view = torch.tensor(is_global)[:, None]
+            hits = []
+            for k, z in enumerate(logits):
+                for g_ in (False, True):
+                    m = (target[:, k] > 0) & (view == g_)
+                    hits.append(float((z.argmax(-1)[m] == target[:, k][m]).float().mean()))
+            print(f"[tower] {step + 1:>5}/{steps}  loss {loss.item():.4f}  patch accuracy "
+                  "tiles/global: colour {:.2f}/{:.2f} dot {:.2f}/{:.2f} shape {:.2f}/{:.2f}"
+                  .format(*hits), file=stream, flush=True)
+    tower.freeze()
+    return losses
+
+
+def _stage(name, data, steps, trainable, **overrides):
+    return dict(name=name, data=data, steps=steps, global_batch=BATCH, micro_batch=BATCH,
+                warmup_ratio=0.05, max_length=None, bf16=False, grad_checkpointing=False,
+                overrides=overrides, trainable=trainable)
+
+
+def recipes(steps, top_k):
+    """{variant: recipe}: SliME's stages as data (recipes.Stage dicts)."""
+    base = {"llm": LR}  # the tower is pretrained (stage 0) and frozen
+    ia = _stage("Ia", "captions", steps["Ia"], dict(base, **{"connector.mlp": LR}),
+                image_mode="global", connector_expert=0)
+    ib = _stage("Ib", "captions", steps["Ib"], dict(base, **{"connector.resampler": LR}),
+                image_mode="global", connector_expert=1)
+    ii = _stage("II", "captions", steps["II"], dict(base, local=LR), image_mode="local",
+                selection="none")
+    every = dict(base, connector=LR, local=LR)
+
+    def iii(**sel):
+        return _stage("III", "instruct", steps["III"], every, image_mode="both",
+                      connector_expert=-1, **sel)
+    total = sum(v for k, v in steps.items() if k != "tower")
+    return {
+        "global": [ia, ib, _stage("III", "instruct", steps["II"] + steps["III"],
+                                  dict(base, connector=LR), image_mode="global",
+                                  connector_expert=-1)],
+        "all_local": [ia, ib, ii, iii(selection="none")],
+        "top_p": [ia, ib, ii, iii(selection="top_p")],
+        "top_k": [ia, ib, ii, iii(selection="top_k", top_k=top_k)],
+        "end_to_end": [_stage("e2e", "instruct", total, every, image_mode="both",
+                              connector_expert=-1, selection="top_p")],
+    }
+
+
+LABELS = {"global": "global only", "all_local": "global + all local tokens",
+          "top_p": "SliME: compression + top-p", "top_k": "top-k at equal budget",
+          "end_to_end": "SliME trained end to end"}
+
+
+@torch.no_grad()
+def visual_tokens(model, dataset, batch_size=32):
+    """Mean image tokens per prompt of `dataset` (prompt samples) the LLM receives."""
+    model.eval()
+    total = 0
+    for start in range(0, len(dataset), batch_size):
+        b = collate([dataset[i] for i in range(start, min(len(dataset), start + batch_size))],
+                    pad_id=0)
+        spliced = model.prepare_inputs(b["input_ids"], b["attention_mask"], b["pixel_values"],
+                                       b["crops_per_image"], b["grids_wh"])
+        # spliced length = text tokens - the placeholder + the image's tokens
+        total += int(spliced.attention_mask.sum() - b["attention_mask"].sum()) + len(
+            b["crops_per_image"])
+    return total / max(1, len(dataset))
+
+
+def _throughput(stage_dir):
+    with open(os.path.join(stage_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    return BATCH / statistics.median(r["seconds"] for r in rows)
+
+
+def _explain(model, tokenizer, processor, image_path, question, out):
+    from PIL import Image
+
+    from slime_core.explain import selection_png
+    with Image.open(image_path) as im:
+        picture = im.convert("RGB")
+    return selection_png(model, tokenizer, processor, picture, question, out, DEMO_TEMPLATE)
+
+
+def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
+    """Runs the demo into `out`; returns the results dict (also results.json)."""
+    stream = stream or sys.stdout
+    if threads:
+        torch.set_num_threads(threads)
+    t_all = time.perf_counter()
+    times = {}
+
+    def say(msg):
+        print(msg, file=stream, flush=True)
+
+    data_args = dict(DATA, seed=seed)
+    if scale != 1.0:
+        data_args.update(n_train=max(16, round(DATA["n_train"] * scale)),
+                         n_val=max(8, round(DATA["n_val"] * scale)))
+    steps = {k: max(2, round(v * scale)) for k, v in STEPS.items()}
+    t = time.perf_counter()
+    paths = ensure_builtin(os.path.join(out, "data"), workers=min(4, os.cpu_count() or 1),
+                           **data_args)
+    times["data"] = time.perf_counter() - t
+    say(f"[demo] dataset in {paths.folder} ({times['data']:.0f} s)")
+    tok = Tokenizer.from_folder(paths.tokenizer_folder)
+    proc = ImageProcessor(tile_size=TILE)
+    sep = tok.token_to_id(",")
+    common = dict(cache_images=True)
+    datasets = {"captions": LlavaDataset(paths.captions_json, paths.image_folder, tok, "plain",
+                                         proc, **common),
+                "instruct": LlavaDataset(paths.train_json, paths.image_folder, tok,
+                                         DEMO_TEMPLATE, proc, **common)}
+    val_prompts = LlavaDataset(paths.val_json, paths.image_folder, tok, DEMO_TEMPLATE, proc,
+                               prompt=True, **common)
+    questions = load_questions(paths.val_json)
+    vocab = tok.max_id + 1
+
+    def collate_fn(samples):
+        return collate(samples, pad_id=0)
+
+    results = {}
+    tower_file = os.path.join(out, "tower", "model.safetensors")
+    t = time.perf_counter()
+    if not os.path.isfile(tower_file):
+        model = build_model(vocab, sep, seed=seed)
+        say(f"[demo] stage 0: pretraining the vision tower ({steps['tower']} steps)")
+        pretrain_tower(model.vision_tower, paths, proc, steps["tower"], seed=seed,
+                       stream=stream)
+        model.vision_tower.save_pretrained(os.path.dirname(tower_file))
+    tower_state = load_safetensors(tower_file, prefix="vision_model.")
+    tower_state.pop("post_layernorm.weight", None)
+    tower_state.pop("post_layernorm.bias", None)
+    times["tower"] = time.perf_counter() - t
+
+    def train_and_score(name, recipe):
+        vdir = os.path.join(out, "variants", name)
+        mode = "global" if name == "global" else "both"
+
+        def build():
+            model = build_model(vocab, sep, image_mode=mode, seed=seed)
+            load_into(model.vision_tower, tower_state, what="the demo's pretrained tower")
+            return model
+        t = time.perf_counter()
+        model = run_recipe(build, recipe, datasets, collate_fn, vdir, seed=seed,
+                           log_every=max(1, steps["III"] // 4), stream=stream)
+        took = time.perf_counter() - t
+        t = time.perf_counter()
+        scores = evaluate(model, tok, get_template(DEMO_TEMPLATE), proc, questions,
+                          paths.image_folder, batch_size=32, max_new_tokens=3)
+        tokens = visual_tokens(model, val_prompts)
+        times[name] = {"train_s": took, "eval_s": time.perf_counter() - t}
+        results[name] = {
+            "variant": LABELS[name], "visual_tokens": tokens, "accuracy": scores["accuracy"],
+            "per_type": {k: v["accuracy"] for k, v in scores["per_type"].items()},
+            "samples_per_s": _throughput(os.path.join(vdir, recipe[-1]["name"])),
+            "steps": sum(s["steps"] for s in recipe)}
+        say(f"[demo] {LABELS[name]}: accuracy {scores['accuracy']:.3f}, "
+            f"{tokens:.1f} visual tokens ({took:.0f} s)")
+        return model
+
+    plan = recipes(steps, top_k=1)
+    slime = train_and_score("top_p", plan["top_p"])
+    # Equal budget: k = the mean number of local tokens top-p kept on the validation set
+    # (visual tokens minus the global view's and the separator's).
+    n_global = (TILE // PATCH) ** 2 + 1
+    top_k = max(1, round(results["top_p"]["visual_tokens"] - n_global))
+    plan = recipes(steps, top_k=top_k)
+    for name in ("all_local", "top_k"):
+        for shared in ("Ia", "Ib", "II"):  # the same stages as SliME's: copied, not rerun
+            dst = os.path.join(out, "variants", name, shared)
+            if not os.path.isdir(dst):
+                shutil.copytree(os.path.join(out, "variants", "top_p", shared), dst)
+        train_and_score(name, plan[name])
+    train_and_score("global", plan["global"])
+    train_and_score("end_to_end", plan["end_to_end"])
+
+    # The SliME model as users load it, and a picture of its selection on a val question.
+    final = os.path.join(out, "slime")
+    slime.save_pretrained(final, save_vision_tower=True, processor=proc)
+    for f in os.listdir(paths.tokenizer_folder):
+        shutil.copy(os.path.join(paths.tokenizer_folder, f), final)
+    q = next(q for q in questions if q["question_type"] == "dot")
+    kept, n_local = _explain(slime, tok, proc, os.path.join(paths.image_folder, q["image"]),
+                             q["question"], os.path.join(out, "explain.png"))
+    series = {}
+    for name in LABELS:
+        for stage in plan[name]:
+            path = os.path.join(out, "variants", name, stage["name"], "metrics.jsonl")
+            with open(path, encoding="utf-8") as f:
+                series[f"{name}/{stage['name']}" if name != "top_p" else stage["name"]] = [
+                    (r["step"], r["loss"]) for r in map(json.loads, f)]
+        if name == "top_p":
+            plot_losses({k: v for k, v in series.items()}, os.path.join(out, "loss.png"),
+                        title="SliME (top-p): training loss, stages Ia, Ib, II, III")
+    times["total"] = time.perf_counter() - t_all
+    report = {"data": data_args, "steps": steps, "top_k": top_k, "seed": seed,
+              "variants": results, "times_s": times,
+              "explain": {"question": q["question"], "kept": kept, "local": n_local}}
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+    table = format_table(results)
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    say("")
+    say(table)
+    say(f"\n[demo] {times['total']:.0f} s in all; wrote {out}/results.md, loss.png, "
+        f"explain.png, slime/ (try: slime generate {final} IMAGE \"{q['question']}\")")
+    return report
+
+
+def format_table(results):
+    """The markdown table of the variants (results: run()'s "variants")."""
+    types = sorted({t for r in results.values() for t in r["per_type"]})
+    head = ["variant", "visual tokens / image", "val accuracy"] + [
+        f"'{t}' questions" for t in types] + ["train samples/s"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name in LABELS:
+        if name not in results:
+            continue
+        r = results[name]
+        cells = [r["variant"], f"{r['visual_tokens']:.1f}", f"{r['accuracy']:.3f}"] + [
+            f"{r['per_type'].get(t, float('nan')):.3f}" for t in types] + [
+            f"{r['samples_per_s']:.0f}"]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    """python -m slime_core.demo [--out DIR] [--scale X] [--seed N] [--threads N]"""
+    import argparse
+    p = argparse.ArgumentParser(prog="slime demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiplies images and steps (0.1: a quick smoke run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = p.parse_args(argv)
+    if not 0 < args.scale <= 10:
+        p.error(f"--scale must be in (0, 10], got {args.scale}")
+    run(args.out, scale=args.scale, seed=args.seed, threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
