@@ -51,12 +51,12 @@ from slime_core.train.trainer import run_recipe
 # The task: one small shape with a dot of another colour somewhere in a 1000-1600 px image.
 # "colour" questions (the shape's colour) the global view can answer; "dot" questions (the
 # dot: 2 px in a tile, under 1 px in the global view) need the tiles.
-DATA = dict(seed=0, n_train=800, n_val=120, image_width=(1000, 1600), aspect=(0.55, 0.8),
-            detail_frac=0.04, shapes_per_cell=1, dots=True, single=True,
+DATA = dict(seed=0, n_train=800, n_val=120, image_width=(1000, 1600), aspect=(0.5, 0.8),
+            detail_frac=0.07, shapes_per_cell=1, dots=True, single=True,
             question_types=("colour", "dot"), questions_per_image=2, caption_cells=1)
 TILE, PATCH = 56, 7          # 8 x 8 patches a crop; SliME's planner gives 3 x 2 tiles here
 LOCAL_GRID = 4               # 16 compressed tokens a tile
-STEPS = dict(tower=400, Ia=60, Ib=60, II=80, III=160)
+STEPS = dict(tower=400, Ia=60, Ib=60, II=80, III=200)
 BATCH, LR = 16, 2e-3
 
 
@@ -84,35 +84,51 @@ COLOUR_NAMES = sorted(COLOURS)
 
 def patch_targets(plan, scene, patch):
     """Per-patch labels of one image's crops, (crops, 3, side * side) int64: the colour of the
-    shape whose centre lies in the patch, of the dot whose centre does, and the shape
-    (1-based indices into COLOUR_NAMES / SHAPES; 0: none). scene: the image's entry of
-    objects.json; plan: its preprocess Plan."""
+    shape a patch overlaps, the colour of the dot it overlaps, and the shape (1-based
+    indices into COLOUR_NAMES / SHAPES; 0: nothing there). scene: the image's entry of
+    objects.json; plan: its preprocess Plan. Boxes are mapped through the global view's
+    plain resize and through the tiles' resize-and-pad."""
     S, side = plan.tile_size, plan.tile_size // patch
-    out = torch.zeros(plan.num_crops, 3, side * side, dtype=torch.int64)
+    out = torch.zeros(plan.num_crops, 3, side, side, dtype=torch.int64)
     W, H = scene["width"], scene["height"]
     for o in scene["objects"]:
-        for box, what, value in ((o["box"], 0, COLOUR_NAMES.index(o["colour"])),
-                                 (o.get("dot_box"), 1, COLOUR_NAMES.index(o.get(
-                                     "dot_colour", o["colour"]))),
-                                 (o["box"], 2, SHAPES.index(o["shape"]))):
-            if box is None:
-                continue
-            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-            spots = []
+        labels = [(o["box"], 0, COLOUR_NAMES.index(o["colour"])),
+                  (o["box"], 2, SHAPES.index(o["shape"]))]
+        if "dot_box" in o:
+            labels.append((o["dot_box"], 1, COLOUR_NAMES.index(o["dot_colour"])))
+        for (x0, y0, x1, y1), what, value in labels:
+            views = []
             if plan.global_view:  # a plain resize of the whole image to S x S
-                spots.append((0, cx * S / W, cy * S / H))
-            xc = cx * plan.new_w / W + plan.off_x  # on the tiles' canvas
-            yc = cy * plan.new_h / H + plan.off_y
-            tx, ty = min(int(xc // S), plan.grid_w - 1), min(int(yc // S), plan.grid_h - 1)
-            spots.append((int(plan.global_view) + ty * plan.grid_w + tx, xc - tx * S,
-                          yc - ty * S))
-            for crop, x, y in spots:
-                px, py = min(int(x // patch), side - 1), min(int(y // patch), side - 1)
-                out[crop, what, py * side + px] = value + 1
-    return out
+                views.append((None, S / W, S / H, 0, 0))
+            views.append(("tiles", plan.new_w / W, plan.new_h / H, plan.off_x, plan.off_y))
+            for kind, sx, sy, ox, oy in views:
+                # the box on the crop (or on the tiles' canvas), and the patches it touches
+                bx0, bx1, by0, by1 = x0 * sx + ox, x1 * sx + ox, y0 * sy + oy, y1 * sy + oy
+                c0, c1 = int(bx0 // patch), int((bx1 - 1e-6) // patch)
+                r0, r1 = int(by0 // patch), int((by1 - 1e-6) // patch)
+                area = (bx1 - bx0) * (by1 - by0)
+                for r in range(r0, r1 + 1):
+                    for c in range(c0, c1 + 1):
+                        # a patch holds the object when it has 30% of it, or the object
+                        # fills 30% of the patch; a sliver at an edge does not count
+                        ov = (max(0.0, min(bx1, (c + 1) * patch) - max(bx0, c * patch)) *
+                              max(0.0, min(by1, (r + 1) * patch) - max(by0, r * patch)))
+                        if ov < 0.3 * min(area, patch * patch):
+                            continue
+                        if kind is None:
+                            crop, rr, cc = 0, r, c
+                        else:
+                            ty, rr = divmod(r, side)
+                            tx, cc = divmod(c, side)
+                            if not (0 <= tx < plan.grid_w and 0 <= ty < plan.grid_h):
+                                continue
+                            crop = int(plan.global_view) + ty * plan.grid_w + tx
+                        if 0 <= rr < side and 0 <= cc < side:
+                            out[crop, what, rr, cc] = value + 1
+    return out.flatten(2)
 
 
-def pretrain_tower(tower, paths, processor, steps, images_per_step=16, lr=3e-3, seed=0,
+def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, seed=0,
                    stream=None):
     """Stage 0, the demo's stand-in for CLIP's pretraining: the tower learns, per patch, the
     colour and shape whose centre lies in it and the colour of the dot whose centre does
@@ -350,7 +366,8 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
         shutil.copy(os.path.join(paths.tokenizer_folder, f), final)
     q = next(q for q in questions if q["question_type"] == "dot")
     kept, n_local = _explain(slime, tok, proc, os.path.join(paths.image_folder, q["image"]),
-                             q["question"], os.path.join(out, "explain.png"))
+                             q["question"].replace("<image>\n", ""),
+                             os.path.join(out, "explain.png"))
     series = {}
     for name in LABELS:
         for stage in plan[name]:
@@ -373,7 +390,8 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     say("")
     say(table)
     say(f"\n[demo] {times['total']:.0f} s in all; wrote {out}/results.md, loss.png, "
-        f"explain.png, slime/ (try: slime generate {final} IMAGE \"{q['question']}\")")
+        "explain.png, slime/ (try: slime generate " + final + " IMAGE 'What colour is the dot "
+        "on the red square?')")
     return report
 
 
