@@ -15,9 +15,10 @@ The variants (each trained here from the same random start, seeds fixed):
                           number of steps as the staged runs
 
 SliME's stages here are SLIME_SPEC section 6's Ia, Ib, II, III with two changes forced by
-having no pretrained parts: the vision tower and the LLM are random, so both train in every
-stage (SliME keeps CLIP frozen and trains the LLM only in stage III). The three SliME variants
-share stages Ia, Ib and II (one run, copied), since they differ only in stage III.
+having no pretrained parts: stage 0 pretrains the tiny vision tower per patch and freezes it
+(the stand-in for CLIP), and the LLM, random too, trains in every stage (SliME trains it in
+stage III only). The three SliME variants share stages Ia, Ib and II (one run, copied),
+since they differ only in stage III.
 
 What is written under --out: data/ (the dataset, reused when its arguments match),
 variants/<name>/<stage>/ (checkpoints, metrics.jsonl, loss.png), variants/<name>/loss.png,
@@ -376,7 +377,7 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
                 series[f"{name}/{stage['name']}" if name != "top_p" else stage["name"]] = [
                     (r["step"], r["loss"]) for r in map(json.loads, f)]
         if name == "top_p":
-            plot_losses({k: v for k, v in series.items()}, os.path.join(out, "loss.png"),
+            plot_losses(dict(series), os.path.join(out, "loss.png"),
                         title="SliME (top-p): training loss, stages Ia, Ib, II, III")
     times["total"] = time.perf_counter() - t_all
     report = {"data": data_args, "steps": steps, "top_k": top_k, "seed": seed,
