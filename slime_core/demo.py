@@ -4,21 +4,29 @@ table of what each variant sees and scores.
     slime demo                      # runs/demo: data, every variant, table, loss curves, PNG
     slime demo --out DIR --scale 0.1   # fewer images and steps (a smoke run)
 
-The variants (each trained here from the same random start, seeds fixed):
+The variants (each trained here from the same pretrained parts, seeds fixed):
 
-    global only           LLaVA-style: the global view alone (the Ia, Ib stages, then the
-                          instruction stage in global mode), the same number of steps
+    global only           LLaVA-style: the global view alone (stages Ia, Ib, then the
+                          instruction stage in global mode for II's and III's steps)
     global + all local    SliME's stages, instruction stage keeping every local token
     SliME (top-p)         SliME's stages, text-guided top-p selection of local tokens
     top-k, equal budget   SliME's stages, top-k with k = the top-p model's mean kept count
-    SliME end to end      one instruction stage with everything trainable, the same total
-                          number of steps as the staged runs
+    SliME end to end      the paper's ablation: the global experts and the local compressor
+                          aligned together in one stage as long as Ia + Ib + II, then the
+                          same stage III as SliME (top-p)
 
-SliME's stages here are SLIME_SPEC section 6's Ia, Ib, II, III with two changes forced by
-having no pretrained parts: stage 0 pretrains the tiny vision tower per patch and freezes it
-(the stand-in for CLIP), and the LLM, random too, trains in every stage (SliME trains it in
-stage III only). The three SliME variants share stages Ia, Ib and II (one run, copied),
-since they differ only in stage III.
+SliME's stages are SLIME_SPEC section 6's Ia, Ib, II, III. It starts from a pretrained CLIP
+and a pretrained LLM; the demo pretrains its own tiny stand-ins first and says so:
+stage 0 teaches the vision tower, per patch, the colour, shape and dot colour of what each
+patch holds (labels from objects.json), then freezes it; stage -1 teaches the LLM the
+dataset's language with each picture written out as its caption where the image tokens go.
+Stages Ia, Ib and II then train the connector alone against the frozen LLM, and stage III
+trains the LLM with it, as SliME does. The three SliME variants share Ia, Ib and II (one
+run, copied), since they differ only in stage III.
+
+The table also says, for each variant with local tokens, which share of the asked-about
+shape's local tokens the selection kept, beside the share of all local tokens it kept:
+a selection blind to the question keeps the shape's tokens at the second rate.
 
 What is written under --out: data/ (the dataset, reused when its arguments match),
 variants/<name>/<stage>/ (checkpoints, metrics.jsonl, loss.png), variants/<name>/loss.png,
@@ -37,27 +45,27 @@ import time
 
 import torch
 
-from slime_core.checkpoint import load_into, load_safetensors
+from slime_core.checkpoint import load_into, load_safetensors, save_safetensors
 from slime_core.data import LlavaDataset, collate, ensure_builtin
 from slime_core.data.builtin import COLOURS, DEMO_TEMPLATE, SHAPES
 from slime_core.models.llm import Decoder, DecoderConfig
 from slime_core.models.slime import SlimeConfig, SlimeModel
 from slime_core.models.vision import VisionConfig, VisionTower
 from slime_core.preprocess import ImageProcessor
-from slime_core.text import Tokenizer, get_template
+from slime_core.text import IGNORE_INDEX, Tokenizer, get_template
 from slime_core.train.evaluate import evaluate, load_questions
 from slime_core.train.plot import plot_losses
 from slime_core.train.trainer import run_recipe
 
 # The task: one small shape with a dot of another colour somewhere in a 1000-1600 px image.
-# "colour" questions (the shape's colour) the global view can answer; "dot" questions (the
-# dot: 2 px in a tile, under 1 px in the global view) need the tiles.
-DATA = dict(seed=0, n_train=800, n_val=120, image_width=(1000, 1600), aspect=(0.5, 0.8),
+# "colour" questions (the shape's colour: about 12 px in a tile, 4 px in the global view);
+# "dot" questions (the dot: about 4 px in a tile, 1.4 px in the global view).
+DATA = dict(seed=0, n_train=1600, n_val=300, image_width=(1000, 1600), aspect=(0.5, 0.8),
             detail_frac=0.07, shapes_per_cell=1, dots=True, single=True,
             question_types=("colour", "dot"), questions_per_image=2, caption_cells=1)
 TILE, PATCH = 56, 7          # 8 x 8 patches a crop; SliME's planner gives 3 x 2 tiles here
 LOCAL_GRID = 4               # 16 compressed tokens a tile
-STEPS = dict(tower=400, Ia=60, Ib=60, II=80, III=200)
+STEPS = dict(tower=600, llm=200, Ia=60, Ib=60, II=200, III=400)
 BATCH, LR = 16, 2e-3
 
 
@@ -177,7 +185,9 @@ def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, 
             ce = torch.nn.functional.cross_entropy(z.flatten(0, 1), target[:, k].flatten(),
                                                    reduction="none")
             full = target[:, k].flatten() > 0
-            loss = loss + ce[full].mean() + 0.5 * ce[~full].mean()
+            for part, weight in ((full, 1.0), (~full, 0.5)):
+                if part.any():  # no dots in the data: no dot term, rather than a NaN
+                    loss = loss + weight * ce[part].mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -198,6 +208,66 @@ def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, 
     return losses
 
 
+def text_stand_ins(paths, tokenizer):
+    """The training set as text alone: every caption and instruction record tokenized as
+    the trainer tokenizes it, with the image's caption in words where its tokens would go.
+    Returns [(input_ids, labels)] as int64 tensors."""
+    from slime_core.text import IMAGE_TOKEN_INDEX, tokenize_conversation
+    with open(paths.captions_json, encoding="utf-8") as f:
+        captions = json.load(f)
+    with open(paths.train_json, encoding="utf-8") as f:
+        instruct = json.load(f)
+    words = {r["image"]: tokenizer.encode(r["conversations"][1]["value"],
+                                          add_special_tokens=False) for r in captions}
+    out = []
+    for template, records in (("plain", captions), (DEMO_TEMPLATE, instruct)):
+        for r in records:
+            ids, labels = tokenize_conversation(tokenizer, get_template(template),
+                                                r["conversations"])
+            at = ids.index(IMAGE_TOKEN_INDEX)
+            w = words[r["image"]]
+            out.append((torch.tensor(ids[:at] + w + ids[at + 1:]),
+                        torch.tensor(labels[:at] + [IGNORE_INDEX] * len(w) + labels[at + 1:])))
+    return out
+
+
+def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream=None):
+    """Stage -1, the demo's stand-in for a pretrained LLM: the decoder learns the dataset's
+    language with each picture given as its caption in words (text_stand_ins), so that it
+    can copy a description and answer from one. SliME's stages I and II then keep it frozen
+    and teach the connector to speak to it, as they do with Vicuna. Returns the losses."""
+    records = text_stand_ins(paths, tokenizer)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.0)
+    llm.train()
+    losses = []
+    for step in range(steps):
+        pick = torch.randint(len(records), (batch,), generator=g).tolist()
+        T = max(len(records[i][0]) for i in pick)
+        ids = torch.zeros(batch, T, dtype=torch.int64)
+        labels = torch.full((batch, T), IGNORE_INDEX, dtype=torch.int64)
+        mask = torch.zeros(batch, T, dtype=torch.int64)
+        for b, i in enumerate(pick):
+            n = len(records[i][0])
+            ids[b, :n], labels[b, :n], mask[b, :n] = records[i][0], records[i][1], 1
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / max(1, steps // 20)) * 0.5 * (
+                1 + math.cos(math.pi * step / steps))
+        logits = llm(input_ids=ids, attention_mask=mask)
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
+                                                 labels[:, 1:].flatten(),
+                                                 ignore_index=IGNORE_INDEX)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if stream is not None and (step + 1) % max(1, steps // 4) == 0:
+            print(f"[llm] {step + 1:>5}/{steps}  loss {loss.item():.4f}", file=stream,
+                  flush=True)
+    return losses
+
+
 def _stage(name, data, steps, trainable, **overrides):
     return dict(name=name, data=data, steps=steps, global_batch=BATCH, micro_batch=BATCH,
                 warmup_ratio=0.05, max_length=None, bf16=False, grad_checkpointing=False,
@@ -206,28 +276,33 @@ def _stage(name, data, steps, trainable, **overrides):
 
 def recipes(steps, top_k):
     """{variant: recipe}: SliME's stages as data (recipes.Stage dicts)."""
-    base = {"llm": LR}  # the tower is pretrained (stage 0) and frozen
+    # The tower (stage 0) and the LLM (stage -1) are pretrained; as in SliME, stages I and II
+    # train the connector alone and stage III the LLM with it.
+    base = {"llm": LR} if steps.get("llm", 0) == 0 else {}
     ia = _stage("Ia", "captions", steps["Ia"], dict(base, **{"connector.mlp": LR}),
                 image_mode="global", connector_expert=0)
     ib = _stage("Ib", "captions", steps["Ib"], dict(base, **{"connector.resampler": LR}),
                 image_mode="global", connector_expert=1)
     ii = _stage("II", "captions", steps["II"], dict(base, local=LR), image_mode="local",
                 selection="none")
-    every = dict(base, connector=LR, local=LR)
+    every = {"llm": LR, "connector": LR, "local": LR}
 
     def iii(**sel):
         return _stage("III", "instruct", steps["III"], every, image_mode="both",
                       connector_expert=-1, **sel)
-    total = sum(v for k, v in steps.items() if k != "tower")
     return {
         "global": [ia, ib, _stage("III", "instruct", steps["II"] + steps["III"],
-                                  dict(base, connector=LR), image_mode="global",
+                                  {"llm": LR, "connector": LR}, image_mode="global",
                                   connector_expert=-1)],
         "all_local": [ia, ib, ii, iii(selection="none")],
         "top_p": [ia, ib, ii, iii(selection="top_p")],
         "top_k": [ia, ib, ii, iii(selection="top_k", top_k=top_k)],
-        "end_to_end": [_stage("e2e", "instruct", total, every, image_mode="both",
-                              connector_expert=-1, selection="top_p")],
+        # The paper's ablation: the global experts and the local compressor aligned together
+        # in one stage of the same length as Ia + Ib + II, then the same stage III.
+        "end_to_end": [_stage("I-II", "captions", steps["Ia"] + steps["Ib"] + steps["II"],
+                              dict(base, connector=LR, local=LR), image_mode="both",
+                              connector_expert=-1, selection="none"),
+                       iii(selection="top_p")],
     }
 
 
@@ -250,6 +325,48 @@ def visual_tokens(model, dataset, batch_size=32):
         total += int(spliced.attention_mask.sum() - b["attention_mask"].sum()) + len(
             b["crops_per_image"])
     return total / max(1, len(dataset))
+
+
+def object_cells(plan, scene, side):
+    """The local-grid positions (raster over the whole tile canvas, side x side tokens a
+    tile) whose cells the image's shapes overlap: where the answer to a question is."""
+    cell = plan.tile_size / side
+    cols = plan.grid_w * side
+    sx, sy = plan.new_w / scene["width"], plan.new_h / scene["height"]
+    out = set()
+    for o in scene["objects"]:
+        x0, y0, x1, y1 = o["box"]
+        c0, c1 = int((x0 * sx + plan.off_x) // cell), int((x1 * sx + plan.off_x - 1e-6) // cell)
+        r0, r1 = int((y0 * sy + plan.off_y) // cell), int((y1 * sy + plan.off_y - 1e-6) // cell)
+        out.update(r * cols + c for r in range(max(0, r0), min(plan.grid_h * side, r1 + 1))
+                   for c in range(max(0, c0), min(cols, c1 + 1)))
+    return out
+
+
+@torch.no_grad()
+def kept_object_tokens(model, dataset, scenes, processor, batch_size=32):
+    """(share of the object's local tokens the selection kept, share of all local tokens it
+    kept), averaged over `dataset` (prompt samples, records in objects.json). A selection
+    blind to the question keeps the object's tokens at the second rate."""
+    model.eval()
+    side = model.config.local_grid
+    hit = share = 0.0
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        b = collate(samples, pad_id=0)
+        ids = b["input_ids"]
+        text = model.llm.embed_tokens(ids.clamp(min=0))
+        mask = b["attention_mask"].bool() & (ids != model.config.image_token_id)
+        _, _, (sel, kept, m) = model.image_tokens(b["pixel_values"], b["crops_per_image"],
+                                                  b["grids_wh"], text, mask,
+                                                  return_selection=True)
+        for j, sample in enumerate(samples):
+            scene = scenes[dataset.record(sample["index"])["image"]]
+            want = object_cells(processor.plan(scene["width"], scene["height"]), scene, side)
+            got = set(sel[j, :int(kept[j])].tolist())
+            hit += len(want & got) / max(1, len(want))
+            share += int(kept[j]) / max(1, int(m[j]))
+    return hit / max(1, len(dataset)), share / max(1, len(dataset))
 
 
 def _throughput(stage_dir):
@@ -291,7 +408,7 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     tok = Tokenizer.from_folder(paths.tokenizer_folder)
     proc = ImageProcessor(tile_size=TILE)
     sep = tok.token_to_id(",")
-    common = dict(cache_images=True)
+    common = dict(cache_images={})  # one cache: captions and questions share the images
     datasets = {"captions": LlavaDataset(paths.captions_json, paths.image_folder, tok, "plain",
                                          proc, **common),
                 "instruct": LlavaDataset(paths.train_json, paths.image_folder, tok,
@@ -299,6 +416,8 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     val_prompts = LlavaDataset(paths.val_json, paths.image_folder, tok, DEMO_TEMPLATE, proc,
                                prompt=True, **common)
     questions = load_questions(paths.val_json)
+    with open(paths.objects_json, encoding="utf-8") as f:
+        scenes = json.load(f)
     vocab = tok.max_id + 1
 
     def collate_fn(samples):
@@ -317,6 +436,17 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     tower_state.pop("post_layernorm.weight", None)
     tower_state.pop("post_layernorm.bias", None)
     times["tower"] = time.perf_counter() - t
+    t = time.perf_counter()
+    llm_file = os.path.join(out, "llm", "model.safetensors")
+    if not os.path.isfile(llm_file):
+        model = build_model(vocab, sep, seed=seed)
+        say(f"[demo] stage -1: pretraining the LLM on the captions' words ({steps['llm']} "
+            "steps)")
+        pretrain_llm(model.llm, tok, paths, steps["llm"], seed=seed, stream=stream)
+        os.makedirs(os.path.dirname(llm_file), exist_ok=True)
+        save_safetensors(model.llm.state_dict(), llm_file)
+    llm_state = load_safetensors(llm_file)
+    times["llm"] = time.perf_counter() - t
 
     def train_and_score(name, recipe):
         vdir = os.path.join(out, "variants", name)
@@ -325,6 +455,7 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
         def build():
             model = build_model(vocab, sep, image_mode=mode, seed=seed)
             load_into(model.vision_tower, tower_state, what="the demo's pretrained tower")
+            load_into(model.llm, llm_state, what="the demo's pretrained LLM")
             return model
         t = time.perf_counter()
         model = run_recipe(build, recipe, datasets, collate_fn, vdir, seed=seed,
@@ -334,10 +465,13 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
         scores = evaluate(model, tok, get_template(DEMO_TEMPLATE), proc, questions,
                           paths.image_folder, batch_size=32, max_new_tokens=3)
         tokens = visual_tokens(model, val_prompts)
+        kept = (None, None) if name == "global" else kept_object_tokens(model, val_prompts,
+                                                                          scenes, proc)
         times[name] = {"train_s": took, "eval_s": time.perf_counter() - t}
         results[name] = {
             "variant": LABELS[name], "visual_tokens": tokens, "accuracy": scores["accuracy"],
             "per_type": {k: v["accuracy"] for k, v in scores["per_type"].items()},
+            "object_tokens_kept": kept[0], "local_tokens_kept": kept[1],
             "samples_per_s": _throughput(os.path.join(vdir, recipe[-1]["name"])),
             "steps": sum(s["steps"] for s in recipe)}
         say(f"[demo] {LABELS[name]}: accuracy {scores['accuracy']:.3f}, "
@@ -400,7 +534,8 @@ def format_table(results):
     """The markdown table of the variants (results: run()'s "variants")."""
     types = sorted({t for r in results.values() for t in r["per_type"]})
     head = ["variant", "visual tokens / image", "val accuracy"] + [
-        f"'{t}' questions" for t in types] + ["train samples/s"]
+        f"'{t}' questions" for t in types] + ["shape's local tokens kept (all local)",
+                                              "train samples/s"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in LABELS:
         if name not in results:
@@ -408,6 +543,8 @@ def format_table(results):
         r = results[name]
         cells = [r["variant"], f"{r['visual_tokens']:.1f}", f"{r['accuracy']:.3f}"] + [
             f"{r['per_type'].get(t, float('nan')):.3f}" for t in types] + [
+            "-" if r.get("object_tokens_kept") is None else
+            f"{r['object_tokens_kept']:.0%} ({r['local_tokens_kept']:.0%})",
             f"{r['samples_per_s']:.0f}"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)

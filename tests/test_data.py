@@ -529,3 +529,31 @@ def test_length_grouped_sampler_groups_and_permutes():
     assert padding(order) < padding(shuffled) / 4, SEED
     assert length_grouped_sampler([5], 3, SEED) == [0]
     assert length_grouped_sampler([], 3, SEED) == []
+
+
+def test_a_shared_image_cache_decodes_each_image_once_and_refuses_another_cut(tmp_path):
+    """cache_images=dict: two datasets of the same images share one cache (the second loads
+    nothing and gives the same pixels); a processor that cuts differently is refused."""
+    from slime_core.data import LlavaDataset, ensure_builtin
+    from slime_core.preprocess import ImageProcessor
+    from slime_core.text import Tokenizer
+    paths = ensure_builtin(str(tmp_path), n_train=4, n_val=2, image_width=(300, 400),
+                           detail_frac=0.04)
+    tok = Tokenizer.from_folder(paths.tokenizer_folder)
+    shared = {}
+    proc = ImageProcessor(tile_size=56)
+    a = LlavaDataset(paths.captions_json, paths.image_folder, tok, "plain", proc,
+                     cache_images=shared)
+    first = [a[i]["pixel_values"] for i in range(len(a))]
+    filled = len(shared)
+    assert filled == len(a) + 1  # one entry per image, and the processor's cut
+    b = LlavaDataset(paths.train_json, paths.image_folder, tok, "vicuna_v1", proc,
+                     cache_images=shared)
+    b._raw = None  # a miss would call it and fail: every image must come from the cache
+    images = {b.record(b[i]["index"])["image"]: b[i]["pixel_values"] for i in range(len(b))}
+    assert len(shared) == filled
+    for i in range(len(a)):
+        assert torch.equal(images[a.record(i)["image"]], first[i])
+    with pytest.raises(ValueError, match="cuts images differently"):
+        LlavaDataset(paths.captions_json, paths.image_folder, tok, "plain",
+                     ImageProcessor(tile_size=112), cache_images=shared)

@@ -121,3 +121,40 @@ def test_tower_pretraining_learns_colours_in_both_views(tmp_path):
     assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
     assert not any(p.requires_grad for p in model.vision_tower.parameters())
     assert torch.isfinite(torch.tensor(losses)).all()
+
+
+def test_object_cells_follow_the_box_onto_the_local_grid():
+    """2 x 1 tiles of 56, 4 x 4 tokens a tile (cells of 14 px): a box that lands on canvas
+    x 60..74, y 23..37 covers columns 4..5 and rows 1..2 of the 8-wide token grid."""
+    plan = Plan(grid_w=2, grid_h=1, new_w=112, new_h=50, off_x=0, off_y=3, global_view=True,
+                tile_size=56)
+    scene = {"width": 224, "height": 100, "objects": [
+        {"shape": "circle", "colour": "red", "box": [120, 40, 148, 68]}]}
+    assert demo.object_cells(plan, scene, 4) == {1 * 8 + 4, 1 * 8 + 5, 2 * 8 + 4, 2 * 8 + 5}
+    # a box at the very edge stays on the grid
+    scene["objects"][0]["box"] = [200, 80, 224, 100]
+    assert all(0 <= c < 8 * 4 for c in demo.object_cells(plan, scene, 4))
+
+
+def test_llm_pretraining_reads_captions_where_the_image_goes(tmp_path):
+    """Stage -1's text: each record tokenized as the trainer does, with the caption's ids in
+    the placeholder's place and no loss on them; the loss falls."""
+    from slime_core.data import ensure_builtin
+    from slime_core.text import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Tokenizer
+    paths = ensure_builtin(str(tmp_path), **dict(demo.DATA, n_train=16, n_val=2))
+    tok = Tokenizer.from_folder(paths.tokenizer_folder)
+    records = demo.text_stand_ins(paths, tok)
+    captions = json.loads(open(paths.captions_json).read())
+    train = json.loads(open(paths.train_json).read())
+    assert len(records) == len(captions) + len(train)
+    ids, labels = records[0]
+    words = tok.encode(captions[0]["conversations"][1]["value"], add_special_tokens=False)
+    assert IMAGE_TOKEN_INDEX not in ids.tolist() and ids.shape == labels.shape
+    # "plain": the caption in the image's place (no loss), then the caption to generate
+    flat = ids.tolist()
+    at = next(i for i in range(len(flat)) if flat[i:i + len(words)] == words)
+    assert (labels[at:at + len(words)] == IGNORE_INDEX).all()
+    assert flat[at + len(words):at + 2 * len(words)] == words
+    model = demo.build_model(tok.max_id + 1, tok.token_to_id(","))
+    losses = demo.pretrain_llm(model.llm, tok, paths, 40, batch=8)
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])

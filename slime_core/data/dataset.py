@@ -82,7 +82,9 @@ class LlavaDataset(torch.utils.data.Dataset):
                    hit ~0.5 ms: with a tiny model, several epochs or several runs over one
                    dataset, the cache pays. It lives in the process that loads: use
                    num_workers=0 with it, or each worker process fills its own. 7 crops of
-                   112 px: 263 KB per image.
+                   112 px: 263 KB per image. A dict instead of True is the cache itself,
+                   to share between datasets of the same images (captions and questions)
+                   whose processors cut alike (an error otherwise).
     prompt:        False: training samples (labels on the answers). True: for generation
                    and evaluation, input_ids are the inference prompt of the conversation
                    without its last answer (build_prompt: it ends with the assistant's role)
@@ -116,11 +118,20 @@ class LlavaDataset(torch.utils.data.Dataset):
                                        or not isinstance(max_length, int) or max_length < 1):
             raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
         self._cache = None
-        if cache_images:
+        if isinstance(cache_images, dict) or cache_images:  # an empty dict is a cache too
             if not isinstance(processor, ImageProcessor):
                 raise TypeError("cache_images=True needs a slime_core ImageProcessor (its "
                                 f"mean, std and dtype), got {type(processor).__name__}")
-            self._cache, self._raw = {}, copy.copy(processor)
+            # a dict given here is shared: datasets of the same images decode each once.
+            # It holds what one resize and cut made, so every sharer must cut alike.
+            self._cache = cache_images if isinstance(cache_images, dict) else {}
+            cut = tuple(repr(getattr(processor, k)) for k in (
+                "tile_size", "planner", "filter", "global_view", "grid_wh", "pinpoints_wh",
+                "pinpoints_hw", "alpha", "max_side", "pillow"))
+            if self._cache.setdefault(("processor",), cut) != cut:  # no path is a tuple
+                raise ValueError("cache_images: this dict was filled by a processor that cuts "
+                                 "images differently; give each processor its own cache")
+            self._raw = copy.copy(processor)
             self._raw.dtype = torch.uint8  # resized and padded, not normalised
         if not os.path.isdir(image_folder):
             raise ValueError(f"image_folder {image_folder!r} is not a folder")
