@@ -137,6 +137,12 @@ def patch_targets(plan, scene, patch):
     return out.flatten(2)
 
 
+def _warmup_cosine(lr, step, steps):
+    """The pretraining stages' learning rate: 5% linear warmup, then cosine to 0."""
+    return lr * min(1.0, (step + 1) / max(1, steps // 20)) * 0.5 * (
+        1 + math.cos(math.pi * step / steps))
+
+
 def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, seed=0,
                    stream=None):
     """Stage 0, the demo's stand-in for CLIP's pretraining: the tower learns, per patch, the
@@ -173,10 +179,8 @@ def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, 
             is_global += [True] + [False] * (len(cache[name][0]) - 1)
         feats = tower(torch.cat(pixels))                        # (N, side*side, d)
         target = torch.cat(targets)                             # (N, 3, side*side)
-        lr_now = lr * min(1.0, (step + 1) / max(1, steps // 20)) * 0.5 * (
-            1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
-            group["lr"] = lr_now
+            group["lr"] = _warmup_cosine(lr, step, steps)
         logits = [h(feats) for h in heads]
         loss = 0.0
         for k, z in enumerate(logits):
@@ -251,8 +255,7 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
             n = len(records[i][0])
             ids[b, :n], labels[b, :n], mask[b, :n] = records[i][0], records[i][1], 1
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / max(1, steps // 20)) * 0.5 * (
-                1 + math.cos(math.pi * step / steps))
+            group["lr"] = _warmup_cosine(lr, step, steps)
         logits = llm(input_ids=ids, attention_mask=mask)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
                                                  labels[:, 1:].flatten(),
@@ -354,9 +357,7 @@ def kept_object_tokens(model, dataset, scenes, processor, batch_size=32):
     for start in range(0, len(dataset), batch_size):
         samples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
         b = collate(samples, pad_id=0)
-        ids = b["input_ids"]
-        text = model.llm.embed_tokens(ids.clamp(min=0))
-        mask = b["attention_mask"].bool() & (ids != model.config.image_token_id)
+        text, mask = model.selection_text(b["input_ids"], b["attention_mask"])
         _, _, (sel, kept, m) = model.image_tokens(b["pixel_values"], b["crops_per_image"],
                                                   b["grids_wh"], text, mask,
                                                   return_selection=True)

@@ -73,10 +73,9 @@ def selection_png(model, tokenizer, processor, image, prompt, out, template="vic
     ids = prompt_ids(tokenizer, template, prompt)
     model.eval()
     with torch.no_grad():
-        text = model.llm.embed_tokens(ids.masked_fill(ids < 0, 0))
+        text, text_mask = model.selection_text(ids)
         _, _, sel = model.image_tokens(images.pixel_values, images.crops_per_image,
-                                       images.grids_wh, text, ids != model.config.image_token_id,
-                                       return_selection=True)
+                                       images.grids_wh, text, text_mask, return_selection=True)
     if sel is None:
         raise ValueError("this model runs the global view only: there is no selection")
     indices, kept, local = sel

@@ -171,6 +171,16 @@ class SlimeModel(nn.Module):
         image, counts = self._pack(local, sel[0], sel[1], prefix=prefix)
         return (image, counts, (sel[0], sel[1], m)) if return_selection else (image, counts)
 
+    def selection_text(self, input_ids, attention_mask=None):
+        """(text (B, T, H), text_mask (B, T)): the input embeddings of a batch and the tokens
+        the text-guided selection reads, as image_tokens takes them. It reads every real
+        token but the placeholder: BOS, the template and, in training, the answers too (the
+        released code does the same)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        text = self.llm.embed_tokens(input_ids.masked_fill(input_ids < 0, 0))
+        return text, attention_mask.bool() & (input_ids != self.config.image_token_id)
+
     def prepare_inputs(self, input_ids, attention_mask, pixel_values, crops_per_image,
                        grids_wh, labels=None, padding_side="right"):
         """The LLM input of a batch: SplicedInputs(inputs_embeds, attention_mask,
@@ -182,11 +192,7 @@ class SlimeModel(nn.Module):
         cfg = self.config
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        embed = self.llm.embed_tokens
-        text = embed(input_ids.masked_fill(input_ids < 0, 0))               # (B, T, H)
-        # The selection reads every real token but the placeholder: BOS, the template and,
-        # in training, the answers too (the released code does the same).
-        text_mask = attention_mask.bool() & (input_ids != cfg.image_token_id)
+        text, text_mask = self.selection_text(input_ids, attention_mask)
         image, counts = self.image_tokens(pixel_values, crops_per_image, grids_wh, text,
                                           text_mask)
         pos = find_image_positions(input_ids, cfg.image_token_id, attention_mask)
