@@ -31,8 +31,9 @@ def _existing(path, what):
 def _load(args):
     import torch
 
+    from slime_core.checkpoint import read_config
     from slime_core.models.slime import SlimeModel, processor_for
-    from slime_core.text import Tokenizer
+    from slime_core.text import Tokenizer, get_template
     ckpt = _existing(args.checkpoint, "checkpoint folder")
     tok_dir = args.tokenizer or ckpt
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
@@ -40,6 +41,12 @@ def _load(args):
     model = SlimeModel.from_pretrained(ckpt, vision_tower=args.vision_tower, dtype=torch.float32)
     tok = Tokenizer.from_folder(tok_dir)
     tok.check_fits(model.llm.embed_tokens.num_embeddings)
+    if args.template is None:
+        args.template = read_config(ckpt).get("slime_core_template", "vicuna_v1")
+    try:
+        get_template(args.template)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     return model, tok, processor_for(ckpt)
 
 
@@ -54,15 +61,21 @@ def cmd_generate(args):
     import torch
 
     from slime_core.explain import prompt_ids
+    from slime_core.text import get_template
+    from slime_core.train.evaluate import stop_ids
     model, tok, proc = _load(args)
     images = proc([_existing(args.image, "image")])
+    template = get_template(args.template)
     ids = prompt_ids(tok, args.template, args.prompt)
-    stop = [tok.eos_id] if tok.eos_id is not None else []
+    stop = stop_ids(tok, template)
     out = model.generate(ids, torch.ones_like(ids), images.pixel_values,
                          images.crops_per_image, images.grids_wh,
                          max_new_tokens=args.max_new_tokens, stop_token_ids=stop,
                          pad_token_id=tok.pad_id if tok.pad_id is not None else 0)
-    print(tok.decode(out[0].tolist()).strip())
+    text = tok.decode(out[0].tolist())
+    if template.stop and template.stop in text:
+        text = text[:text.index(template.stop)]
+    print(text.strip())
     return 0
 
 
@@ -122,8 +135,9 @@ def _model_args(p):
     p.add_argument("prompt", help="the question")
     p.add_argument("--vision-tower", help="vision tower folder (overrides mm_vision_tower)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint folder)")
-    p.add_argument("--template", default="vicuna_v1",
-                   help="conversation template (plain, vicuna_v1, llama3, phi)")
+    p.add_argument("--template", default=None,
+                   help="conversation template (plain, vicuna_v1, llama3, phi; default: the "
+                        "one the checkpoint records, else vicuna_v1)")
 
 
 def parser():

@@ -15,14 +15,21 @@ The variants (each trained here from the same pretrained parts, seeds fixed):
                           aligned together in one stage as long as Ia + Ib + II, then the
                           same stage III as SliME (top-p)
 
-SliME's stages are SLIME_SPEC section 6's Ia, Ib, II, III. It starts from a pretrained CLIP
-and a pretrained LLM; the demo pretrains its own tiny stand-ins first and says so:
-stage 0 teaches the vision tower, per patch, the colour, shape and dot colour of what each
-patch holds (labels from objects.json), then freezes it; stage -1 teaches the LLM the
-dataset's language with each picture written out as its caption where the image tokens go.
-Stages Ia, Ib and II then train the connector alone against the frozen LLM, and stage III
-trains the LLM with it, as SliME does. The three SliME variants share Ia, Ib and II (one
-run, copied), since they differ only in stage III.
+The task: one small striped shape (and a digit) somewhere in a 1000-1600 px image;
+"colour" questions ask the shape's colour, "stripes" questions which way its stripes run
+(horizontal, vertical, diagonal). Stripes of the shape's colour and white, three periods
+across, have the same mean colour whichever way they run, so the global view (the whole
+image in 56 px) cannot resolve them while a tile (3 times finer) can.
+
+SliME's stages are SLIME_SPEC section 6's Ia, Ib, II, III, with its conversation template
+for SliME-8B (llama3, no system turn). It starts from a pretrained CLIP and a pretrained
+LLM; the demo pretrains its own tiny stand-ins first and says so: stage 0 teaches the
+vision tower, per patch, the colour, shape and stripes of what each patch holds (labels
+from objects.json), then freezes it; stage -1 teaches the LLM the dataset's language and
+to answer from a picture given as word vectors (pretrain_llm). Stages Ia, Ib and II then
+train the connector alone against the frozen LLM, and stage III trains the LLM with it at
+a lower rate, as SliME does. The other variants copy SliME's stages they share with it
+(Ia, Ib and II for all-local and top-k; Ia and Ib for global only) rather than rerun them.
 
 The table also says, for each variant with local tokens, which share of the asked-about
 shape's local tokens the selection kept, beside the share of all local tokens it kept:
@@ -47,7 +54,7 @@ import torch
 
 from slime_core.checkpoint import load_into, load_safetensors, save_safetensors
 from slime_core.data import LlavaDataset, collate, ensure_builtin
-from slime_core.data.builtin import COLOURS, DEMO_TEMPLATE, SHAPES
+from slime_core.data.builtin import COLOURS, DEMO_TEMPLATE, SHAPES, STRIPES
 from slime_core.models.llm import Decoder, DecoderConfig
 from slime_core.models.slime import SlimeConfig, SlimeModel
 from slime_core.models.vision import VisionConfig, VisionTower
@@ -57,16 +64,19 @@ from slime_core.train.evaluate import evaluate, load_questions
 from slime_core.train.plot import plot_losses
 from slime_core.train.trainer import run_recipe
 
-# The task: one small shape with a dot of another colour somewhere in a 1000-1600 px image.
-# "colour" questions (the shape's colour: about 12 px in a tile, 4 px in the global view);
-# "dot" questions (the dot: about 4 px in a tile, 1.4 px in the global view).
+# The task (module docstring): a shape about 12 px wide in a tile and 4 px in the global
+# view, its stripes 2 px wide in a tile and 0.7 px in the global view.
 DATA = dict(seed=0, n_train=1600, n_val=300, image_width=(1000, 1600), aspect=(0.5, 0.8),
-            detail_frac=0.07, shapes_per_cell=1, dots=True, single=True,
-            question_types=("colour", "dot"), questions_per_image=2, caption_cells=1)
+            detail_frac=0.07, shapes_per_cell=1, stripes=True, single=True,
+            question_types=("colour", "stripes"), questions_per_image=2, caption_cells=1)
 TILE, PATCH = 56, 7          # 8 x 8 patches a crop; SliME's planner gives 3 x 2 tiles here
 LOCAL_GRID = 4               # 16 compressed tokens a tile
-STEPS = dict(tower=600, llm=200, Ia=60, Ib=60, II=200, III=400)
-BATCH, LR = 16, 2e-3
+STEPS = dict(tower=450, llm=400, Ia=150, Ib=150, II=300, III=400)
+# SliME's alignment stages (I, II) train at 1e-3 and its stage III at a fiftieth of that;
+# here a quarter. At the alignment rate, stage III moves the local tokens the LLM reads
+# away from the text's embeddings, and the text-guided selection then drops them.
+BATCH, LR, LR_III = 16, 2e-3, 5e-4
+FILL = (16, 96)              # stage -1: fillers around a picture's words (see pretrain_llm)
 
 
 def build_model(vocab_size, separator_id, image_mode="both", seed=0):
@@ -93,8 +103,9 @@ COLOUR_NAMES = sorted(COLOURS)
 
 def patch_targets(plan, scene, patch):
     """Per-patch labels of one image's crops, (crops, 3, side * side) int64: the colour of the
-    shape a patch overlaps, the colour of the dot it overlaps, and the shape (1-based
-    indices into COLOUR_NAMES / SHAPES; 0: nothing there). scene: the image's entry of
+    shape a patch overlaps, its detail (the colour of the dot it overlaps, or the way of the
+    shape's stripes), and the shape (1-based indices into COLOUR_NAMES, STRIPES, SHAPES;
+    0: nothing there). scene: the image's entry of
     objects.json; plan: its preprocess Plan. Boxes are mapped through the global view's
     plain resize and through the tiles' resize-and-pad."""
     S, side = plan.tile_size, plan.tile_size // patch
@@ -105,6 +116,8 @@ def patch_targets(plan, scene, patch):
                   (o["box"], 2, SHAPES.index(o["shape"]))]
         if "dot_box" in o:
             labels.append((o["dot_box"], 1, COLOUR_NAMES.index(o["dot_colour"])))
+        if "stripes" in o:  # the detail slot: the stripes' way, over the whole shape
+            labels.append((o["box"], 1, STRIPES.index(o["stripes"])))
         for (x0, y0, x1, y1), what, value in labels:
             views = []
             if plan.global_view:  # a plain resize of the whole image to S x S
@@ -146,8 +159,8 @@ def _warmup_cosine(lr, step, steps):
 def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, seed=0,
                    stream=None):
     """Stage 0, the demo's stand-in for CLIP's pretraining: the tower learns, per patch, the
-    colour and shape whose centre lies in it and the colour of the dot whose centre does
-    (labels from objects.json), on the training images' crops, global views and tiles
+    colour, shape and detail (stripes or dot) of what it holds (patch_targets, from
+    objects.json), on the training images' crops, global views and tiles
     alike. Three linear heads read its features and are thrown away afterwards. Returns the
     per-step losses; the tower is left frozen, as SliME keeps CLIP."""
     with open(paths.objects_json, encoding="utf-8") as f:
@@ -158,7 +171,7 @@ def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, 
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     heads = torch.nn.ModuleList([torch.nn.Linear(d, 1 + len(COLOUR_NAMES)),
-                                 torch.nn.Linear(d, 1 + len(COLOUR_NAMES)),
+                                 torch.nn.Linear(d, 1 + max(len(COLOUR_NAMES), len(STRIPES))),
                                  torch.nn.Linear(d, 1 + len(SHAPES))])
     tower.unfreeze()
     params = list(tower.parameters()) + list(heads.parameters())
@@ -206,57 +219,90 @@ def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, 
                     m = (target[:, k] > 0) & (view == g_)
                     hits.append(float((z.argmax(-1)[m] == target[:, k][m]).float().mean()))
             print(f"[tower] {step + 1:>5}/{steps}  loss {loss.item():.4f}  patch accuracy "
-                  "tiles/global: colour {:.2f}/{:.2f} dot {:.2f}/{:.2f} shape {:.2f}/{:.2f}"
+                  "tiles/global: colour {:.2f}/{:.2f} detail {:.2f}/{:.2f} shape {:.2f}/{:.2f}"
                   .format(*hits), file=stream, flush=True)
     tower.freeze()
     return losses
 
 
-def text_stand_ins(paths, tokenizer):
+def text_stand_ins(paths, tokenizer, bag=True):
     """The training set as text alone: every caption and instruction record tokenized as
-    the trainer tokenizes it, with the image's caption in words where its tokens would go.
-    Returns [(input_ids, labels)] as int64 tensors."""
+    the trainer tokenizes it, split at the image placeholder, with what goes in the
+    picture's place. bag: the picture's content words (its caption's colour, shape, stripes
+    and digit words, which pretrain_llm lays out as an object among fillers); otherwise the
+    caption's ids in order. Returns [(before, words, after)]: (ids, labels) int64 tensor
+    pairs before and after the picture, and the picture's word ids (a list)."""
+    from slime_core.data.builtin import DIGITS
     from slime_core.text import IMAGE_TOKEN_INDEX, tokenize_conversation
     with open(paths.captions_json, encoding="utf-8") as f:
         captions = json.load(f)
     with open(paths.train_json, encoding="utf-8") as f:
         instruct = json.load(f)
-    words = {r["image"]: tokenizer.encode(r["conversations"][1]["value"],
-                                          add_special_tokens=False) for r in captions}
+    content = {tokenizer.token_to_id(w) for w in (*COLOURS, *SHAPES, *STRIPES, *DIGITS)}
+    words = {}
+    for r in captions:
+        ids = tokenizer.encode(r["conversations"][1]["value"], add_special_tokens=False)
+        words[r["image"]] = [i for i in ids if i in content] if bag else ids
     out = []
     for template, records in (("plain", captions), (DEMO_TEMPLATE, instruct)):
         for r in records:
             ids, labels = tokenize_conversation(tokenizer, get_template(template),
                                                 r["conversations"])
             at = ids.index(IMAGE_TOKEN_INDEX)
-            w = words[r["image"]]
-            out.append((torch.tensor(ids[:at] + w + ids[at + 1:]),
-                        torch.tensor(labels[:at] + [IGNORE_INDEX] * len(w) + labels[at + 1:])))
+            out.append(((torch.tensor(ids[:at]), torch.tensor(labels[:at])), words[r["image"]],
+                        (torch.tensor(ids[at + 1:]), torch.tensor(labels[at + 1:]))))
     return out
 
 
-def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream=None):
+def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream=None,
+                 bag=True):
     """Stage -1, the demo's stand-in for a pretrained LLM: the decoder learns the dataset's
-    language with each picture given as its caption in words (text_stand_ins), so that it
-    can copy a description and answer from one. SliME's stages I and II then keep it frozen
-    and teach the connector to speak to it, as they do with Vicuna. Returns the losses."""
-    records = text_stand_ins(paths, tokenizer)
+    language and to answer from a picture given in its own embedding space. With bag, the
+    picture's place holds FILL fillers (<unk>) and, at 1 to 4 random places among them,
+    one vector holding all of the object's words (their embeddings summed, over the square
+    root of their count), as an object lies in a few of an image's tokens that each hold
+    all of it. That is what a large LLM brings to SliME and a tiny one trained for a minute
+    lacks: word vectors that can be mixed and still read, and a habit of skipping what
+    says nothing. Stages I and II then keep it frozen and teach the connector to speak to
+    it, as they do with Vicuna. Without bag: the caption's words in order. Returns the
+    per-step losses."""
+    records = text_stand_ins(paths, tokenizer, bag=bag)
+    filler = tokenizer.token_to_id("<unk>")
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.0)
     llm.train()
     losses = []
     for step in range(steps):
         pick = torch.randint(len(records), (batch,), generator=g).tolist()
-        T = max(len(records[i][0]) for i in pick)
+        rows, objects = [], []
+        for i in pick:
+            (ids0, lab0), words, (ids1, lab1) = records[i]
+            w = torch.tensor(words, dtype=torch.int64)
+            spots = []
+            if bag:  # the picture: fillers, and the object's vector at 1 to 4 places
+                n = int(torch.randint(FILL[0], FILL[1] + 1, (1,), generator=g))
+                k = int(torch.randint(1, 5, (1,), generator=g))
+                spots = (len(ids0) + torch.randperm(n + k, generator=g)[:k]).tolist()
+                objects.append(w)
+                w = torch.full((n + k,), filler, dtype=torch.int64)
+            rows.append((torch.cat([ids0, w, ids1]),
+                         torch.cat([lab0, torch.full_like(w, IGNORE_INDEX), lab1]), spots))
+        T = max(len(r[0]) for r in rows)
         ids = torch.zeros(batch, T, dtype=torch.int64)
         labels = torch.full((batch, T), IGNORE_INDEX, dtype=torch.int64)
         mask = torch.zeros(batch, T, dtype=torch.int64)
-        for b, i in enumerate(pick):
-            n = len(records[i][0])
-            ids[b, :n], labels[b, :n], mask[b, :n] = records[i][0], records[i][1], 1
+        for b, (x, y, _) in enumerate(rows):
+            ids[b, :len(x)], labels[b, :len(x)], mask[b, :len(x)] = x, y, 1
         for group in opt.param_groups:
             group["lr"] = _warmup_cosine(lr, step, steps)
-        logits = llm(input_ids=ids, attention_mask=mask)
+        embeds = llm.embed_tokens(ids)
+        if bag:
+            table = llm.embed_tokens.weight
+            embeds = torch.stack([
+                embeds[b].index_put((torch.tensor(spots, dtype=torch.int64),),
+                                    table[objects[b]].sum(0) / len(objects[b]) ** 0.5)
+                if spots else embeds[b] for b, (_, _, spots) in enumerate(rows)])
+        logits = llm(inputs_embeds=embeds, attention_mask=mask)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),
                                                  labels[:, 1:].flatten(),
                                                  ignore_index=IGNORE_INDEX)
@@ -288,14 +334,14 @@ def recipes(steps, top_k):
                 image_mode="global", connector_expert=1)
     ii = _stage("II", "captions", steps["II"], dict(base, local=LR), image_mode="local",
                 selection="none")
-    every = {"llm": LR, "connector": LR, "local": LR}
+    every = {"llm": LR_III, "connector": LR_III, "local": LR_III}
 
     def iii(**sel):
         return _stage("III", "instruct", steps["III"], every, image_mode="both",
                       connector_expert=-1, **sel)
     return {
         "global": [ia, ib, _stage("III", "instruct", steps["II"] + steps["III"],
-                                  {"llm": LR, "connector": LR}, image_mode="global",
+                                  {"llm": LR_III, "connector": LR_III}, image_mode="global",
                                   connector_expert=-1)],
         "all_local": [ia, ib, ii, iii(selection="none")],
         "top_p": [ia, ib, ii, iii(selection="top_p")],
@@ -441,8 +487,8 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     llm_file = os.path.join(out, "llm", "model.safetensors")
     if not os.path.isfile(llm_file):
         model = build_model(vocab, sep, seed=seed)
-        say(f"[demo] stage -1: pretraining the LLM on the captions' words ({steps['llm']} "
-            "steps)")
+        say(f"[demo] stage -1: pretraining the LLM on the dataset's text, pictures as word "
+            f"vectors ({steps['llm']} steps)")
         pretrain_llm(model.llm, tok, paths, steps["llm"], seed=seed, stream=stream)
         os.makedirs(os.path.dirname(llm_file), exist_ok=True)
         save_safetensors(model.llm.state_dict(), llm_file)
@@ -451,10 +497,11 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
 
     def train_and_score(name, recipe):
         vdir = os.path.join(out, "variants", name)
-        mode = "global" if name == "global" else "both"
 
         def build():
-            model = build_model(vocab, sep, image_mode=mode, seed=seed)
+            # every variant is built whole (the global one too: its stages set
+            # image_mode), so that SliME's stages Ia and Ib can be copied into it
+            model = build_model(vocab, sep, seed=seed)
             load_into(model.vision_tower, tower_state, what="the demo's pretrained tower")
             load_into(model.llm, llm_state, what="the demo's pretrained LLM")
             return model
@@ -486,21 +533,22 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     n_global = (TILE // PATCH) ** 2 + 1
     top_k = max(1, round(results["top_p"]["visual_tokens"] - n_global))
     plan = recipes(steps, top_k=top_k)
-    for name in ("all_local", "top_k"):
-        for shared in ("Ia", "Ib", "II"):  # the same stages as SliME's: copied, not rerun
+    for name in ("all_local", "top_k", "global"):
+        # the stages that are the same as SliME's (same data, seed and trainable parts):
+        # copied, not rerun
+        for shared in [st["name"] for st in plan[name][:-1]]:
             dst = os.path.join(out, "variants", name, shared)
             if not os.path.isdir(dst):
                 shutil.copytree(os.path.join(out, "variants", "top_p", shared), dst)
         train_and_score(name, plan[name])
-    train_and_score("global", plan["global"])
     train_and_score("end_to_end", plan["end_to_end"])
 
     # The SliME model as users load it, and a picture of its selection on a val question.
     final = os.path.join(out, "slime")
-    slime.save_pretrained(final, save_vision_tower=True, processor=proc)
+    slime.save_pretrained(final, save_vision_tower=True, processor=proc, template=DEMO_TEMPLATE)
     for f in os.listdir(paths.tokenizer_folder):
         shutil.copy(os.path.join(paths.tokenizer_folder, f), final)
-    q = next(q for q in questions if q["question_type"] == "dot")
+    q = next(q for q in questions if q["question_type"] == "stripes")
     kept, n_local = _explain(slime, tok, proc, os.path.join(paths.image_folder, q["image"]),
                              q["question"].replace("<image>\n", ""),
                              os.path.join(out, "explain.png"))
@@ -526,8 +574,8 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     say("")
     say(table)
     say(f"\n[demo] {times['total']:.0f} s in all; wrote {out}/results.md, loss.png, "
-        "explain.png, slime/ (try: slime generate " + final + " IMAGE 'What colour is the dot "
-        "on the red square?')")
+        "explain.png, slime/ (try: slime generate " + final + " IMAGE 'Which way do the "
+        "stripes on the red square run?')")
     return report
 
 

@@ -71,6 +71,16 @@ def test_errors_are_one_line(checkpoint, capsys, tmp_path):
     (bare / "tokenizer.json").unlink()
     assert cli.main(["generate", str(bare), img, "q"]) == 2
     assert "tokenizer.json" in capsys.readouterr().err
+    assert cli.main(["generate", str(checkpoint / "ckpt"), img, "q", "--template",
+                     "vicuna_v2"]) == 2
+    assert "unknown template 'vicuna_v2'" in capsys.readouterr().err
+    # a template the checkpoint records is the default; a bad one is named
+    recorded = tmp_path / "recorded"
+    shutil.copytree(checkpoint / "ckpt", recorded)
+    config = json.loads((recorded / "config.json").read_text())
+    (recorded / "config.json").write_text(json.dumps(dict(config, slime_core_template="nope")))
+    assert cli.main(["generate", str(recorded), img, "q"]) == 2
+    assert "unknown template 'nope'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["generate"])  # argparse: usage on stderr
 

@@ -191,6 +191,58 @@ def test_builtin_dots_objects_and_questions_agree(tmp_path, single):
         build_builtin(str(tmp_path / "x"), n_train=1, question_types=("dot",), **SMALL)
 
 
+def test_builtin_stripes_run_the_way_the_answer_says(tmp_path):
+    """With stripes: every shape is its colour and white in bands that run the named way
+    (a pixel and its neighbour along the stripes agree more often than across them), the
+    ways have the same share of colour, and a "stripes" question's answer is the way of the
+    shape it names."""
+    paths = build_builtin(str(tmp_path), seed=SEED, n_train=8, n_val=2, stripes=True,
+                          single=True, shapes_per_cell=1, image_width=(600, 900),
+                          aspect=(0.5, 0.8), detail_frac=0.07,
+                          question_types=("stripes", "colour"), questions_per_image=3,
+                          caption_cells=1)
+    scenes = load(paths.objects_json)
+    shares = {}
+    for name, scene in scenes.items():
+        image = Image.open(os.path.join(paths.image_folder, name)).convert("RGB")
+        (o,) = scene["objects"]
+        assert o["stripes"] in bi.STRIPES
+        x0, y0, x1, y1 = o["box"]
+        # a square's box is all shape; other shapes: their middle third
+        if o["shape"] != "square":
+            w = (x1 - x0) // 3
+            x0, y0, x1, y1 = x0 + w, y0 + w, x1 - w, y1 - w
+        white = [[image.getpixel((x, y)) == (255, 255, 255) for x in range(x0, x1)]
+                 for y in range(y0, y1)]
+        along = {"horizontal": (1, 0), "vertical": (0, 1), "diagonal": (1, -1)}
+        agree = {}
+        for way, (dx, dy) in along.items():
+            pairs = [(white[y][x], white[y + dy][x + dx]) for y in range(1, len(white) - 1)
+                     for x in range(1, len(white[0]) - 1)]
+            agree[way] = sum(a == b for a, b in pairs) / len(pairs)
+        assert max(agree, key=agree.get) == o["stripes"], (SEED, name, agree)
+        if o["shape"] == "square":
+            shares.setdefault(o["stripes"], []).append(
+                sum(map(sum, white)) / (len(white) * len(white[0])))
+        # the coloured bands are the named colour, up to the jitter (a triangle's middle
+        # third holds background at its corners)
+        background = image.getpixel((0, 0))
+        coloured = [image.getpixel((x, y)) for y in range(y0, y1) for x in range(x0, x1)
+                    if not white[y - y0][x - x0] and image.getpixel((x, y)) != background]
+        assert all(near(c, o["colour"]) for c in coloured), (SEED, name)
+    for way, values in shares.items():
+        assert all(0.35 < v < 0.65 for v in values), (SEED, way, values)
+    for r in load(paths.train_json) + load(paths.val_json):
+        question, answer = (t["value"] for t in r["conversations"])
+        (o,) = scenes[r["image"]]["objects"]
+        if r["question_type"] == "stripes":
+            assert f"the {o['colour']} {o['shape']} run?" in question and answer == o["stripes"]
+    for c in load(paths.captions_json):
+        assert " stripes" in c["conversations"][1]["value"]
+    with pytest.raises(ValueError, match="needs stripes=True"):
+        build_builtin(str(tmp_path / "x"), n_train=1, question_types=("stripes",), **SMALL)
+
+
 def test_builtin_tokenizer_matches_transformers(built, tok):
     transformers = pytest.importorskip("transformers")
     hf = transformers.PreTrainedTokenizerFast.from_pretrained(built.tokenizer_folder)
@@ -437,8 +489,8 @@ def test_bad_records_skipped_and_reported(tmp_path, built, tok, proc, caplog):
     with pytest.raises(ValueError, match="on_error"):
         LlavaDataset(path, folder, tok, "vicuna_v1", proc, on_error="ignore")
     # A tokenizer without the template's special tokens fails once, up front.
-    with pytest.raises(ValueError, match="start_header_id.*do not match"):
-        LlavaDataset(path, folder, tok, "llama3", proc)
+    with pytest.raises(ValueError, match="endoftext.*do not match"):
+        LlavaDataset(path, folder, tok, "phi", proc)
 
 
 # ---- loading: workers, order, resuming -----------------------------------------------------

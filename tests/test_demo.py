@@ -65,6 +65,9 @@ def test_saved_model_answers_from_the_command_line(runs, capsys):
     q = next(r for r in json.loads((out / "data" / "val.json").read_text()))
     image = str(out / "data" / "images" / q["image"])
     prompt = q["conversations"][0]["value"].replace("<image>\n", "")
+    # the template it was trained with is recorded, and generate/explain default to it
+    config = json.loads((out / "slime" / "config.json").read_text())
+    assert config["slime_core_template"] == demo.DEMO_TEMPLATE == "llama3"
     assert cli.main(["generate", str(out / "slime"), image, prompt, "--max-new-tokens",
                      "3"]) == 0
     # a 24-image model may answer with the end of answer at once: only the run is checked
@@ -136,9 +139,10 @@ def test_object_cells_follow_the_box_onto_the_local_grid():
     assert all(0 <= c < 8 * 4 for c in demo.object_cells(plan, scene, 4))
 
 
-def test_llm_pretraining_reads_captions_where_the_image_goes(tmp_path):
-    """Stage -1's text: each record tokenized as the trainer does, with the caption's ids in
-    the placeholder's place and no loss on them; the loss falls."""
+def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
+    """Stage -1's text: each record tokenized as the trainer does, split at the placeholder,
+    with the picture's content words (its caption's colour, shape, stripes and digit, no
+    loss on them) to go in its place among fillers; the loss falls."""
     from slime_core.data import ensure_builtin
     from slime_core.text import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Tokenizer
     paths = ensure_builtin(str(tmp_path), **dict(demo.DATA, n_train=16, n_val=2))
@@ -147,14 +151,23 @@ def test_llm_pretraining_reads_captions_where_the_image_goes(tmp_path):
     captions = json.loads(open(paths.captions_json).read())
     train = json.loads(open(paths.train_json).read())
     assert len(records) == len(captions) + len(train)
-    ids, labels = records[0]
-    words = tok.encode(captions[0]["conversations"][1]["value"], add_special_tokens=False)
-    assert IMAGE_TOKEN_INDEX not in ids.tolist() and ids.shape == labels.shape
-    # "plain": the caption in the image's place (no loss), then the caption to generate
-    flat = ids.tolist()
-    at = next(i for i in range(len(flat)) if flat[i:i + len(words)] == words)
-    assert (labels[at:at + len(words)] == IGNORE_INDEX).all()
-    assert flat[at + len(words):at + 2 * len(words)] == words
+    (ids0, labels0), words, (ids1, labels1) = records[0]
+    caption = captions[0]["conversations"][1]["value"]
+    scene = json.loads(open(paths.objects_json).read())[captions[0]["image"]]
+    (o,) = scene["objects"]
+    named = [w for w in tok.decode(words).split()]
+    assert {o["colour"], o["shape"], o["stripes"]} <= set(named) and len(named) == 4
+    assert all(w in caption.split() or w + "," in caption.split() or w + "." in caption
+               for w in named)
+    for ids, labels in ((ids0, labels0), (ids1, labels1)):
+        assert IMAGE_TOKEN_INDEX not in ids.tolist() and ids.shape == labels.shape
+    # "plain": BOS before the picture, then the caption to generate, all of it labels
+    assert (labels0 == IGNORE_INDEX).all()
+    cap = tok.encode(caption, add_special_tokens=False)
+    assert ids1.tolist()[:len(cap)] == cap and labels1.tolist()[:len(cap)] == cap
+    # an instruction record: the question after the picture, no loss on it; the answer's
+    (_, _), words2, (ids2, labels2) = records[len(captions)]
+    assert (labels2 != IGNORE_INDEX).sum() > 0 and (labels2 == IGNORE_INDEX).sum() > 0
     model = demo.build_model(tok.max_id + 1, tok.token_to_id(","))
     losses = demo.pretrain_llm(model.llm, tok, paths, 40, batch=8)
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])

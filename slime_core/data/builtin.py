@@ -19,6 +19,11 @@ cell and ask for one detail of its cluster:
     shape   "Which shape is blue in the centre?"             -> "circle"
     digit   "Which digit is in the bottom right?"            -> "7"
 
+With dots=True or stripes=True every shape also carries a detail, and question types "dot"
+("What colour is the dot on the red square?") or "stripes" ("Which way do the stripes on
+the red square run?" -> "diagonal") ask for it; with single=True the image holds one
+cluster anywhere (the demo's task: stripes, single, see slime_core.demo).
+
 Why this task shows SliME's points at small scale:
 - the detail is 3 times smaller in the global view. With aspects of 0.5 to 0.8, SliME's
   planner cuts every image into 3 x 2 tiles of S pixels, so a shape of side
@@ -70,11 +75,17 @@ DIGITS = tuple("0123456789")
 QUESTION_TYPES = ("colour", "shape", "digit")  # the default set
 SINGLE_POSITION = "picture"  # single=True: the one cluster's "cell"
 DOT_TYPE = "dot"  # "What colour is the dot on the red square?": needs dots=True
+STRIPES = ("horizontal", "vertical", "diagonal")
+STRIPES_TYPE = "stripes"  # "Which way do the stripes on the red square run?": stripes=True
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>"}
-DEMO_TEMPLATE = "vicuna_v1"  # instruction records; captions.json is for the "plain" template
+# The demo's instruction template: SliME-8B's, which has no system turn, so the text-guided
+# selection reads the question rather than 40 words of system prompt (captions.json is for
+# "plain"). The tokenizer knows vicuna_v1's words too.
+DEMO_TEMPLATE = "llama3"
+TEMPLATES = ("vicuna_v1", "llama3", "plain")  # what the tokenizer is trained to serve
 MANIFEST = "builtin.json"  # the arguments a folder was built with; written last
-_FORMAT = 2  # bump when the same arguments would give other files
+_FORMAT = 4  # bump when the same arguments would give other files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +133,7 @@ def _font(size):
 
 
 def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell, jitter,
-           dots=False, single=False):
+           dots=False, single=False, stripes=False):
     """Everything about one image, drawn from its own stream (no pixels yet)."""
     # A str seed goes through SHA-512 in random.seed: stable across runs and platforms.
     rng = random.Random(f"slime-builtin/{seed}/{split}/{index}")
@@ -135,7 +146,7 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
     cluster_w = shapes_per_cell * (slot + gap) + slot  # shapes, then the digit
     shade = round(80 * jitter)  # per-channel colour jitter
     cells = []
-    if dots:
+    if dots or stripes:
         # Every object a different (shape, colour) pair, so that a question can name one
         # object by them wherever it is.
         pairs = rng.sample([(s, c) for s in SHAPES for c in sorted(COLOURS)],
@@ -148,24 +159,29 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
             x0, x1, y0, y1 = 0, width, 0, height
         x = rng.randint(x0 + gap, max(x0 + gap, x1 - gap - cluster_w))
         y = rng.randint(y0 + gap, max(y0 + gap, y1 - gap - slot))
-        if dots:
+        if dots or stripes:
             mine = pairs[k * shapes_per_cell:(k + 1) * shapes_per_cell]
             shapes, colours = [s for s, _ in mine], [c for _, c in mine]
         else:
             shapes = rng.sample(SHAPES, shapes_per_cell)
             colours = rng.sample(sorted(COLOURS), shapes_per_cell)
-        objects, dot_colours = [], []
+        objects, dot_colours, ways = [], [], []
         for j, (shape, colour) in enumerate(zip(shapes, colours)):
             side = max(3, round(size * rng.uniform(1 - jitter, 1 + jitter)))
             rgb = _jittered(rng, COLOURS[colour], shade)
-            dot = None
+            dot = way = None
             if dots:
                 dot_colour = rng.choice([c for c in sorted(COLOURS) if c != colour])
                 dot_colours.append(dot_colour)
                 dot = (_jittered(rng, COLOURS[dot_colour], shade), max(2, round(side / 3)))
+            if stripes:
+                # a random phase, so that where the colour sits in the shape (its first
+                # band) says nothing about the way
+                way = (rng.choice(STRIPES), rng.random())
+                ways.append(way[0])
             # centred in its slot
             objects.append((shape, rgb, side, x + j * (slot + gap) + (slot - side) // 2,
-                            y + (slot - side) // 2, dot))
+                            y + (slot - side) // 2, dot, way))
         digit = rng.choice(DIGITS)
         digit_size = max(4, round(1.4 * size * rng.uniform(1 - jitter, 1 + jitter)))
         digit_grey = rng.randint(0, round(240 * jitter))
@@ -175,7 +191,7 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
         box = [min(x, math.floor(tx + left)), min(y, math.floor(ty + top)),
                max(x + cluster_w, math.ceil(tx + right)), max(y + slot, math.ceil(ty + bottom))]
         cells.append({"position": position, "shapes": shapes, "colours": colours,
-                      "dot_colours": dot_colours, "digit": digit, "objects": objects,
+                      "dot_colours": dot_colours, "stripes": ways, "digit": digit, "objects": objects,
                       "text": (tx, ty, digit_size, (digit_grey,) * 3), "box": box})
     return {"width": width, "height": height, "background": background, "cells": cells,
             "rng_state": rng.getstate()}
@@ -200,6 +216,31 @@ def _draw_shape(draw, shape, x, y, size, fill):
         draw.rectangle([x, y + a, x + s, y + a + t - 1], fill=fill)
 
 
+def _striped(side, rgb, way, phase):
+    """A side x side square of stripes, the colour and white in equal widths, three periods
+    across, shifted by `phase` periods: the same mean colour whichever way they run, so that
+    a view too coarse to resolve them (the global view) cannot tell the ways apart."""
+    period = side / 3
+    image = Image.new("RGB", (side, side), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    # bands of colour start at a = (k - phase) * period along the stripes' normal; for
+    # "diagonal" the normal is x + y, on which a period is sqrt(2) times longer
+    step = period * (math.sqrt(2) if way == "diagonal" else 1)
+    end = 2 * side if way == "diagonal" else side
+    k = -1
+    while (k - phase) * step < end:
+        a, b = (k - phase) * step, (k - phase + 0.5) * step
+        if way == "diagonal":
+            draw.polygon([(a, 0), (b, 0), (0, b), (0, a)], fill=rgb)
+        else:
+            a, b = round(a), round(b) - 1
+            if b >= 0:
+                box = [0, a, side - 1, b] if way == "horizontal" else [a, 0, b, side - 1]
+                draw.rectangle(box, fill=rgb)
+        k += 1
+    return image
+
+
 def _dot_box(x, y, side, d):
     """A square dot at 0.6 of the shape's height: inside every shape (a triangle's middle
     is low, a cross's bars cross in the centre)."""
@@ -212,12 +253,14 @@ def _objects(scene):
     per shape with its name, colour name, box, and with dots its dot's colour and box."""
     out = []
     for cell in scene["cells"]:
-        for k, (shape, _, side, x, y, dot) in enumerate(cell["objects"]):
+        for k, (shape, _, side, x, y, dot, way) in enumerate(cell["objects"]):
             o = {"position": cell["position"], "shape": shape, "colour": cell["colours"][k],
                  "box": [x, y, x + side, y + side]}
             if dot is not None:
                 o["dot_colour"] = cell["dot_colours"][k]
                 o["dot_box"] = _dot_box(x, y, side, dot[1])
+            if way is not None:
+                o["stripes"] = way[0]
             out.append(o)
     return out
 
@@ -226,8 +269,13 @@ def _render(scene, path, compress_level):
     image = Image.new("RGB", (scene["width"], scene["height"]), scene["background"])
     draw = ImageDraw.Draw(image)
     for cell in scene["cells"]:
-        for shape, rgb, side, x, y, dot in cell["objects"]:
-            _draw_shape(draw, shape, x, y, side, rgb)
+        for shape, rgb, side, x, y, dot, way in cell["objects"]:
+            if way is None:
+                _draw_shape(draw, shape, x, y, side, rgb)
+            else:
+                mask = Image.new("L", (side, side), 0)
+                _draw_shape(ImageDraw.Draw(mask), shape, 0, 0, side, 255)
+                image.paste(_striped(side, rgb, *way), (x, y), mask)
             if dot is not None:
                 x0, y0, x1, y1 = _dot_box(x, y, side, dot[1])
                 draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=dot[0])
@@ -252,6 +300,10 @@ def _question(rng, cell, question_type):
         k = rng.randrange(len(cell["shapes"]))
         return (f"What colour is the dot on the {cell['colours'][k]} {cell['shapes'][k]}?",
                 cell["dot_colours"][k])
+    if question_type == STRIPES_TYPE:
+        k = rng.randrange(len(cell["shapes"]))
+        return (f"Which way do the stripes on the {cell['colours'][k]} {cell['shapes'][k]} "
+                "run?", cell["stripes"][k])
     return f"Which digit is in the {position}?", cell["digit"]
 
 
@@ -259,6 +311,8 @@ def _describe(cell):
     parts = [f"{c} {s}" for s, c in zip(cell["shapes"], cell["colours"])]
     if cell["dot_colours"]:
         parts = [f"{p} with {'an' if d[0] in 'aeiou' else 'a'} {d} dot" for p, d in zip(parts, cell["dot_colours"])]
+    if cell["stripes"]:
+        parts = [f"{p} with {w} stripes" for p, w in zip(parts, cell["stripes"])]
     return f"{cell['position']}: " + ", ".join(parts) + f", digit {cell['digit']}."
 
 
@@ -293,7 +347,9 @@ def _train_tokenizer(texts, folder):
     trainer = trainers.WordLevelTrainer(
         vocab_size=100_000, min_frequency=1, show_progress=False,
         special_tokens=[SPECIAL_TOKENS[k] for k in ("pad_token", "bos_token", "eos_token",
-                                                     "unk_token")])
+                                                     "unk_token")] + [
+            t for name in TEMPLATES for t in get_template(name).required_tokens
+            if t not in SPECIAL_TOKENS.values()])
     backend.train_from_iterator(texts, trainer)
     # BOS before every text, as LLaMA's tokenizers (Vicuna's) add it; in tokenizer.json, so
     # that transformers and slime_core.text read the same rule.
@@ -314,7 +370,7 @@ def _train_tokenizer(texts, folder):
 def _template_texts():
     """Every string the templates the dataset is meant for add around the conversation."""
     texts = []
-    for name in (DEMO_TEMPLATE, "plain"):
+    for name in TEMPLATES:
         t = get_template(name)
         texts += [t.system, t.user.format(content=" "), t.assistant, t.generation]
     return [t.replace(IMAGE_PLACEHOLDER, " ") for t in texts]
@@ -329,7 +385,7 @@ def _write_json(path, records):
 def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 2000),
                   aspect=(0.5, 0.8), detail_frac=0.02, jitter=0.25, shapes_per_cell=3,
                   questions_per_image=2, question_types=QUESTION_TYPES, caption_cells=3,
-                  compress_level=1, dots=False, single=False, workers=0):
+                  compress_level=1, dots=False, single=False, stripes=False, workers=0):
     """Write the built-in dataset into `folder` (created if missing; files there are
     overwritten) and return its BuiltinPaths.
 
@@ -356,6 +412,12 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                          the 3 x 3 grid; questions name its place "the picture" (and
                          captions describe it so): what to answer is at an unknown place in
                          an image of over a million pixels, and under 0.1% of it
+    stripes:             every shape striped, its colour and white in three periods across,
+                         running one of STRIPES' ways (the same mean colour whichever way,
+                         so the global view cannot tell them apart); every object of an
+                         image a different (shape, colour) pair, captions name the stripes,
+                         and question type "stripes" asks for them: "Which way do the
+                         stripes on the red square run?"
     compress_level:      PNG zlib level (1: fast, files ~30 KB since most pixels are flat)
     workers:             processes drawing the images (0: this one); no effect on the bytes
     """
@@ -373,12 +435,13 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     if not 0 <= jitter <= 0.5:
         raise ValueError(f"jitter must be in [0, 0.5], got {jitter}")
     _check_count("shapes_per_cell", shapes_per_cell, 1)
-    for name, flag in (("dots", dots), ("single", single)):
+    for name, flag in (("dots", dots), ("single", single), ("stripes", stripes)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-    if dots and shapes_per_cell > 3:
-        raise ValueError("dots=True needs shapes_per_cell <= 3 (9 cells x 3 objects of 28 "
-                         f"(shape, colour) pairs, all different), got {shapes_per_cell}")
+    if (dots or stripes) and shapes_per_cell > 3:
+        raise ValueError("dots=True or stripes=True needs shapes_per_cell <= 3 (9 cells x 3 "
+                         "objects of 28 (shape, colour) pairs, all different), got "
+                         f"{shapes_per_cell}")
     if shapes_per_cell > len(SHAPES):
         raise ValueError(f"shapes_per_cell must be at most {len(SHAPES)}, got {shapes_per_cell}")
     # A cluster (shapes in slots of (1 + jitter) * size, half-size gaps, the digit, margins)
@@ -395,10 +458,11 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                          f"got {aspect[0]}")
     _check_count("questions_per_image", questions_per_image, 1)
     question_types = tuple(question_types)
-    known = QUESTION_TYPES + ((DOT_TYPE,) if dots else ())
+    known = QUESTION_TYPES + ((DOT_TYPE,) if dots else ()) + ((STRIPES_TYPE,) if stripes else ())
     bad = [t for t in question_types if t not in known]
     if not question_types or bad:
-        hint = " ('dot' needs dots=True)" if DOT_TYPE in bad else ""
+        hint = "".join(f" ({t!r} needs {flag}=True)" for t, flag in
+                       ((DOT_TYPE, "dots"), (STRIPES_TYPE, "stripes")) if t in bad)
         raise ValueError(f"question_types must be a non-empty subset of {known}{hint}, "
                          f"got {question_types!r}")
     _check_count("caption_cells", caption_cells, 1)
@@ -418,7 +482,7 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     for split, count in (("train", n_train), ("val", n_val)):
         for i in range(count):
             scene = _scene(seed, split, i, tuple(image_width), tuple(aspect), detail_frac,
-                           shapes_per_cell, jitter, dots, single)
+                           shapes_per_cell, jitter, dots, single, stripes)
             rng = random.Random()
             rng.setstate(scene.pop("rng_state"))
             name = f"{split}_{i:06d}.png"
@@ -448,13 +512,14 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     _train_tokenizer(texts, paths.tokenizer_folder)
     _write_json(manifest, {"format": _FORMAT, "arguments": _arguments(
         seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
-        questions_per_image, question_types, caption_cells, compress_level, dots, single)})
+        questions_per_image, question_types, caption_cells, compress_level, dots, single,
+        stripes)})
     return paths
 
 
 def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
                questions_per_image, question_types, caption_cells, compress_level, dots,
-               single):
+               single, stripes=False):
     """What the files depend on (workers does not), as JSON would read it back."""
     return json.loads(json.dumps(dict(
         seed=seed, n_train=n_train, n_val=n_val, image_width=list(image_width),
@@ -462,7 +527,8 @@ def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, s
         shapes_per_cell=shapes_per_cell,
         questions_per_image=questions_per_image, question_types=list(question_types),
         caption_cells=caption_cells, compress_level=compress_level,
-        **({"dots": True} if dots else {}), **({"single": True} if single else {}))))
+        **({"dots": True} if dots else {}), **({"single": True} if single else {}),
+        **({"stripes": True} if stripes else {}))))
 
 
 def ensure_builtin(folder, **kwargs):

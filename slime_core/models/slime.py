@@ -254,7 +254,7 @@ class SlimeModel(nn.Module):
         return out
 
     def save_pretrained(self, folder, vision_tower_path=None, processor=None,
-                        save_vision_tower=False):
+                        save_vision_tower=False, template=None):
         """Writes config.json (the LLM's HF config plus the mm_* fields) and
         model.safetensors in the LLaVA layout, atomically. vision_tower_path is recorded as
         mm_vision_tower (default: where the tower was loaded from). save_vision_tower: also
@@ -262,7 +262,8 @@ class SlimeModel(nn.Module):
         HF folder, and point mm_vision_tower at it (relative: the folder can move).
         processor: the ImageProcessor the model was trained with; its settings are recorded
         so that processor_for(folder) rebuilds it (default: SliME's at the tower's image
-        size)."""
+        size). template: the conversation template it was trained with, recorded as
+        slime_core_template for `slime generate` and `slime explain` to default to."""
         os.makedirs(folder, exist_ok=True)
         cfg = self.config
         dtype = self.llm.lm_head.weight.dtype
@@ -296,6 +297,9 @@ class SlimeModel(nn.Module):
             "slime_core": dataclasses.asdict(cfg),
             "slime_core_processor": _processor_settings(processor),
         })
+        if template is not None:
+            from slime_core.text import get_template
+            hf["slime_core_template"] = get_template(template).name  # unknown: an error
         save_safetensors(self.llava_state_dict(), os.path.join(folder, "model.safetensors"))
         write_config(hf, folder)
 

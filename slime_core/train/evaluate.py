@@ -88,7 +88,7 @@ def load_questions(path_or_records):
     return [_from_record(r, i) for i, r in enumerate(records)]
 
 
-def _stop_ids(tokenizer, template):
+def stop_ids(tokenizer, template):
     """Token ids generation stops at: the template's stop string when it is one token, and
     the tokenizer's end of sequence."""
     ids = []
@@ -118,7 +118,7 @@ def generate_answers(model, tokenizer, template, processor, questions, image_fol
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
     model.eval()
-    stops = _stop_ids(tokenizer, template)
+    stops = stop_ids(tokenizer, template)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else (stops[0] if stops else 0)
     answers = []
     for start in range(0, len(questions), batch_size):
