@@ -548,7 +548,7 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     slime.save_pretrained(final, save_vision_tower=True, processor=proc, template=DEMO_TEMPLATE)
     for f in os.listdir(paths.tokenizer_folder):
         shutil.copy(os.path.join(paths.tokenizer_folder, f), final)
-    q = next(q for q in questions if q["question_type"] == "stripes")
+    q = next((q for q in questions if q["question_type"] == "stripes"), questions[0])
     kept, n_local = _explain(slime, tok, proc, os.path.join(paths.image_folder, q["image"]),
                              q["question"].replace("<image>\n", ""),
                              os.path.join(out, "explain.png"))
