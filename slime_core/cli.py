@@ -62,7 +62,7 @@ def cmd_generate(args):
 
     from slime_core.explain import prompt_ids
     from slime_core.text import get_template
-    from slime_core.train.evaluate import stop_ids
+    from slime_core.train.evaluate import answer_text, stop_ids
     model, tok, proc = _load(args)
     images = proc([_existing(args.image, "image")])
     template = get_template(args.template)
@@ -72,10 +72,7 @@ def cmd_generate(args):
                          images.crops_per_image, images.grids_wh,
                          max_new_tokens=args.max_new_tokens, stop_token_ids=stop,
                          pad_token_id=tok.pad_id if tok.pad_id is not None else 0)
-    text = tok.decode(out[0].tolist())
-    if template.stop and template.stop in text:
-        text = text[:text.index(template.stop)]
-    print(text.strip())
+    print(answer_text(tok, template, out[0].tolist()))
     return 0
 
 

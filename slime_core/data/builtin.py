@@ -191,7 +191,8 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
         box = [min(x, math.floor(tx + left)), min(y, math.floor(ty + top)),
                max(x + cluster_w, math.ceil(tx + right)), max(y + slot, math.ceil(ty + bottom))]
         cells.append({"position": position, "shapes": shapes, "colours": colours,
-                      "dot_colours": dot_colours, "stripes": ways, "digit": digit, "objects": objects,
+                      "dot_colours": dot_colours, "stripes": ways, "digit": digit,
+                      "objects": objects,
                       "text": (tx, ty, digit_size, (digit_grey,) * 3), "box": box})
     return {"width": width, "height": height, "background": background, "cells": cells,
             "rng_state": rng.getstate()}
@@ -310,7 +311,8 @@ def _question(rng, cell, question_type):
 def _describe(cell):
     parts = [f"{c} {s}" for s, c in zip(cell["shapes"], cell["colours"])]
     if cell["dot_colours"]:
-        parts = [f"{p} with {'an' if d[0] in 'aeiou' else 'a'} {d} dot" for p, d in zip(parts, cell["dot_colours"])]
+        parts = [f"{p} with {'an' if d[0] in 'aeiou' else 'a'} {d} dot"
+                 for p, d in zip(parts, cell["dot_colours"])]
     if cell["stripes"]:
         parts = [f"{p} with {w} stripes" for p, w in zip(parts, cell["stripes"])]
     return f"{cell['position']}: " + ", ".join(parts) + f", digit {cell['digit']}."

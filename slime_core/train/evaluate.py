@@ -142,14 +142,17 @@ def generate_answers(model, tokenizer, template, processor, questions, image_fol
                              images.crops_per_image, images.grids_wh,
                              max_new_tokens=max_new_tokens, stop_token_ids=stops,
                              pad_token_id=pad)
-        for row in new.tolist():
-            # Ids past the tokenizer's vocabulary (a padded embedding table) have no text.
-            row = [t for t in row if t <= tokenizer.max_id]
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            if template.stop and template.stop in text:
-                text = text[:text.index(template.stop)]
-            answers.append(text.strip())
+        answers += [answer_text(tokenizer, template, row) for row in new.tolist()]
     return answers
+
+
+def answer_text(tokenizer, template, ids):
+    """The text of generated ids: decoded, cut at the template's stop string, stripped."""
+    # Ids past the tokenizer's vocabulary (a padded embedding table) have no text.
+    text = tokenizer.decode([t for t in ids if t <= tokenizer.max_id], skip_special_tokens=True)
+    if template.stop and template.stop in text:
+        text = text[:text.index(template.stop)]
+    return text.strip()
 
 
 def score(questions, predictions):
