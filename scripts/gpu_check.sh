@@ -5,8 +5,8 @@
 #     bash scripts/gpu_check.sh [OUT_DIR]        (default: $OUT, else bench/results/gpu-<date>)
 #
 # Steps, each logged to OUT_DIR: build the CUDA extension in place (no pip, nothing fetched),
-# print the build info, run the whole test suite (CUDA cases included), run compute-sanitizer
-# memcheck and racecheck on small cases of every kernel, run the benchmarks on the GPU, then
+# print the build info, run the whole test suite (CUDA cases included), run the benchmarks on
+# the GPU, run compute-sanitizer memcheck and racecheck on small cases of every kernel, then
 # print a summary table (also written to OUT_DIR/summary.md). Budget: under 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -43,12 +43,15 @@ step "build info" "$setup_log" $PY -m slime_core.info
 if [ $built -eq 0 ]; then
   xdist=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
   step "test suite (CPU + CUDA)" "$OUT_DIR/tests.log" $PY -m pytest -q -rs $xdist tests
+  step "benchmarks (cuda)" "$OUT_DIR/bench.log" $PY -m bench --device cuda --out "$OUT_DIR"
+  # Last, and each under a time limit: a sanitizer slows torch's own start-up 10-100x, and a
+  # slow one must not cost the measurements above (a timeout reads as rc 124 in the table).
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool" "$OUT_DIR/sanitizer-$tool.log" \
+      timeout "${SANITIZER_TIMEOUT:-240}" \
       compute-sanitizer --tool "$tool" --error-exitcode 1 --target-processes all \
       $PY scripts/sanitize_cases.py
   done
-  step "benchmarks (cuda)" "$OUT_DIR/bench.log" $PY -m bench --device cuda --out "$OUT_DIR"
 fi
 
 {
