@@ -42,9 +42,10 @@ def query_attention_cases(dev):
             keep[1] = False  # a fully masked item: zeros, never NaN
             outs = []
             for device in ("cpu", dev):
-                qq, kk, vv = (t.to(device, dtype).requires_grad_() for t in (q, k, v))
+                # detach: .to() returns q itself when nothing changes, and q must stay a leaf.
+                qq, kk, vv = (t.to(device, dtype).detach().requires_grad_() for t in (q, k, v))
                 out = query_attention(qq, kk, vv, key_mask=keep.to(device),
-                                      allow_fully_masked=True)
+                                      allow_fully_masked=True, backend="fused")
                 out.float().square().sum().backward()
                 outs.append([t.float().cpu() for t in (out, qq.grad, kk.grad, vv.grad)])
             tol = 1e-4 if dtype == torch.float32 else 5e-2
@@ -66,7 +67,7 @@ def token_select_cases(dev):
             got = token_select(tokens.to(dev), text.to(dev), mask.to(dev), counts.to(dev), **kw)
             assert torch.equal(got.indices.cpu(), want.indices), f"token_select {kw} indices"
             assert torch.equal(got.counts.cpu(), want.counts), f"token_select {kw} counts"
-            x = tokens.to(dev).requires_grad_()
+            x = tokens.to(dev).detach().requires_grad_()
             packed = token_pack(x, got.indices, got.counts)
             packed.float().sum().backward()
             assert torch.equal(packed.cpu(), token_pack(tokens, want.indices, want.counts))

@@ -10,5 +10,8 @@ from slime_core._ext import load as _load_extension
 __version__ = "0.1.0"
 
 _C = _load_extension()
+# Read once here: a plain bool is a constant to torch.compile, where calling into _C from an
+# op's input checks would break the graph.
+BUILT_WITH_CUDA = bool(_C.build_info()["cuda"])
 
 from slime_core import ops  # noqa: E402,F401

@@ -28,7 +28,7 @@ def _deterministic(report):
 def test_every_variant_and_every_file(runs):
     report, _, root = runs
     out = root / "run0"
-    assert set(report["variants"]) == set(demo.LABELS)
+    assert set(report["variants"]) == set(demo.LABELS) | set(demo.BUDGET_ROWS)
     for name in ("results.json", "results.md", "loss.png", "explain.png",
                  "slime/config.json", "slime/model.safetensors", "slime/tokenizer.json",
                  "slime/vision_tower/config.json", "tower/model.safetensors"):
@@ -37,6 +37,7 @@ def test_every_variant_and_every_file(runs):
         assert (out / "variants" / name / "loss.png").is_file(), name
     table = (out / "results.md").read_text()
     assert all(label in table for label in demo.LABELS.values())
+    assert all(row[2] in table for row in demo.BUDGET_ROWS.values())
 
 
 def test_visual_token_counts_follow_each_variant(runs):
@@ -50,8 +51,17 @@ def test_visual_token_counts_follow_each_variant(runs):
     assert v["all_local"]["visual_tokens"] == n_global + 1 + 6 * demo.LOCAL_GRID ** 2
     assert v["top_k"]["visual_tokens"] == n_global + 1 + report["top_k"]
     assert n_global + 1 < v["top_p"]["visual_tokens"] <= v["all_local"]["visual_tokens"]
-    for r in v.values():
+    for key in demo.BUDGET_ROWS:  # the trained models, evaluated with BUDGET local tokens
+        assert v[key]["visual_tokens"] == n_global + 1 + demo.BUDGET
+        share = demo.BUDGET / (6 * demo.LOCAL_GRID ** 2)
+        assert v[key]["local_tokens_kept"] == pytest.approx(share)
+        assert v[key]["samples_per_s"] is None
+    for name in demo.LABELS:
+        r = v[name]
         assert 0.0 <= r["accuracy"] <= 1.0 and r["samples_per_s"] > 0
+    # the rows leave their models as trained: the saved SliME selects by top-p
+    assert json.loads((runs[2] / "run0" / "slime" / "config.json").read_text())[
+        "mm_resampler_topp"] == pytest.approx(0.95)
 
 
 def test_same_seed_same_table(runs):

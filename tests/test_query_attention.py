@@ -8,8 +8,12 @@ import pytest
 import torch
 
 import slime_core
-from slime_core.ops.query_attention import query_attention
+from slime_core.ops.query_attention import query_attention as any_backend
 from slime_core.ops.reference import query_attention_ref
+
+# The tests below are the fused kernels' (auto would take torch's SDPA on CUDA); the sdpa
+# backend and the routing have their own tests at the end.
+query_attention = functools.partial(any_backend, backend="fused")
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and slime_core._C.build_info()["cuda"]
                      else [])
@@ -359,3 +363,52 @@ def test_flash_attention_layout_is_named():
         query_attention(q, k.transpose(1, 2), v.transpose(1, 2))
     with pytest.raises(ValueError, match=r"q looks like FlashAttention's \(B, Lq, heads, d\)"):
         query_attention(q.expand(2, -1, -1, -1).transpose(1, 2), k, v)
+
+
+# ---- backends ----
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32] + DTYPES[1:], ids=str)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared_q", "per_item_q"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_sdpa_backend_computes_the_same_function(device, dtype, shared, masked):
+    q, k, v, mask = make(3, 2, 19, 77, 64, shared=shared, dtype=dtype, device=device,
+                         masked=masked)
+    outs = []
+    for backend in ("fused", "sdpa"):
+        qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
+        out = any_backend(qq, kk, vv, key_mask=mask, allow_fully_masked=True,
+                                        scale=0.3, backend=backend)
+        out.float().square().sum().backward()
+        outs.append((out, qq.grad, kk.grad, vv.grad))
+    tol = 2e-5 if dtype == torch.float32 else 3e-2
+    for name, a, b in zip(("out", "dq", "dk", "dv"), *outs):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        scale = max(1.0, b.double().abs().max().item())
+        assert max_err(a, b) <= tol * scale, name
+    if masked:  # the item without keys: zeros, and no gradient into its keys and values
+        out, _, dk, dv = outs[1]
+        assert torch.all(out[1] == 0) and torch.all(dk[1] == 0) and torch.all(dv[1] == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_auto_takes_sdpa_on_cuda_and_the_kernels_elsewhere(device):
+    q, k, v, mask = make(2, 2, 5, 9, 16, device=device, masked=True)
+    auto = any_backend(q, k, v, key_mask=mask, allow_fully_masked=True)
+    want = "sdpa" if device == "cuda" else "fused"
+    same = any_backend(q, k, v, key_mask=mask, allow_fully_masked=True,
+                                     backend=want)
+    assert torch.equal(auto, same)
+    # lse comes from the kernels only; empty shapes stay with them too
+    out, lse = any_backend(q, k, v, return_lse=True)
+    assert torch.equal(out, query_attention(q, k, v))
+    e = any_backend(q, k[:, :, :0], v[:, :, :0])
+    assert e.shape == (2, 2, 5, 16) and torch.all(e == 0)
+
+
+def test_backend_errors():
+    q, k, v, _ = make(2, 2, 5, 9, 16)
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'fused', 'sdpa'"):
+        any_backend(q, k, v, backend="flash")
+    with pytest.raises(ValueError, match="return_lse needs backend='fused'"):
+        any_backend(q, k, v, backend="sdpa", return_lse=True)

@@ -113,7 +113,7 @@ def test_ragged_batch_equals_samples_alone(folders):
 
 
 @pytest.mark.parametrize("mode", ["both", "global", "local"])
-@pytest.mark.parametrize("selection", ["top_p", "top_k", "none"])
+@pytest.mark.parametrize("selection", ["top_p", "top_k", "none", "random"])
 def test_modes_and_selection_counts(folders, mode, selection):
     model = build(folders, image_mode=mode, selection=selection, top_k=5,
                   connector="gated").eval()
@@ -130,12 +130,33 @@ def test_modes_and_selection_counts(folders, mode, selection):
         kept = n - (SIDE * SIDE + 1 if mode == "both" else 0)
         if selection == "none":
             assert kept == local_all[b]
-        elif selection == "top_k":
+        elif selection in ("top_k", "random"):
             assert kept == min(5, local_all[b])
         else:
             assert 1 <= kept <= local_all[b]
     assert torch.all(inp.labels[inp.attention_mask.bool()][(inp.labels == -100)
                                                           [inp.attention_mask.bool()]] == -100)
+
+
+def test_random_selection_is_blind_to_the_text_and_repeats(folders):
+    ids, mask, px, crops, grids, _ = batch(5)
+    picks = {}
+    for selection in ("random", "top_k"):
+        model = build(folders, selection=selection, top_k=3).eval()
+        text = model.llm.embed_tokens(ids.clamp(min=0))
+        other = torch.randn_like(text)
+        with torch.no_grad():
+            for fused in (True, False):
+                model.set_fused_ops(fused)
+                for t in (text, other):
+                    sel = model.image_tokens(px, crops, grids, t, mask.bool(),
+                                             return_selection=True)[2]
+                    picks.setdefault(selection, []).append(sel[0])
+                    assert sel[1].tolist() == [min(3, int(m)) for m in sel[2]]
+    # random: one choice whatever the text, on both paths, call after call
+    assert all(torch.equal(p, picks["random"][0]) for p in picks["random"])
+    # while top_k's follows the text
+    assert not torch.equal(picks["top_k"][0], picks["top_k"][1])
 
 
 def test_checkpoint_round_trip_and_released_layout(folders, tmp_path):

@@ -55,6 +55,7 @@ def one_thread():
 
 
 def _trainer(tmp, stage=STAGE_NOISY, n=32, **kw):
+    kw.setdefault("device", "cpu")  # bit-exact claims are the CPU's, on any machine
     return Trainer(build_model(), stage, SyntheticDataset(n), collate, str(tmp),
                    log_every=0, **kw)
 
@@ -381,7 +382,7 @@ def test_resume_refuses_another_stage(tmp_path):
 
 def _fixture_cmd(*args):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # the CPU's claims, anywhere
     return [sys.executable, os.path.join(ROOT, "tests", "train_fixtures.py"), *args], env
 
 
@@ -415,12 +416,12 @@ def test_killed_run_resumes_from_its_last_complete_checkpoint(tmp_path):
     load_checkpoint(last)  # complete and readable
     stage = dict(STAGE_NOISELESS, steps=1000)
     resumed = Trainer(build_model(), stage, SyntheticDataset(64), collate, str(out),
-                      log_every=0, save_every=1)
+                      log_every=0, save_every=1, device="cpu")
     assert resumed.step == c
     rest = [m["loss"] for m in resumed.fit(stop_after=c + 2)]
     assert not any(n.startswith(".tmp-") for n in os.listdir(ckpts))  # cleaned by a save
     straight = Trainer(build_model(), stage, SyntheticDataset(64), collate,
-                       str(tmp_path / "straight"), log_every=0)
+                       str(tmp_path / "straight"), log_every=0, device="cpu")
     ref = [m["loss"] for m in straight.fit(stop_after=c + 2)]
     assert logged[:c] == ref[:c]  # the killed run, before its checkpoint
     assert rest == ref[c:]  # resumed: bit for bit
@@ -436,7 +437,7 @@ def dist_run(tmp_path_factory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     Trainer(build_model(), STAGE_NOISELESS, SyntheticDataset(64), collate,
-            str(out / "single_half"), save_every=3, log_every=0).fit(stop_after=3)
+            str(out / "single_half"), save_every=3, log_every=0, device="cpu").fit(stop_after=3)
     torch.set_num_threads(n)
     cmd, env = _fixture_cmd("dist", str(out))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
@@ -449,7 +450,7 @@ def dist_run(tmp_path_factory):
 
 def _single_losses(tmp):
     tr = Trainer(build_model(), STAGE_NOISELESS, SyntheticDataset(64), collate, str(tmp),
-                 log_every=0)
+                 log_every=0, device="cpu")
     return [m["loss"] for m in tr.fit()], tr
 
 
@@ -486,7 +487,7 @@ def test_ddp_and_fsdp_match_one_process_and_resume_across_layouts(dist_run, tmp_
     shutil.copytree(out / "ddp", folder)
     shutil.rmtree(folder / "checkpoints" / "step-00000006")
     resumed = Trainer(build_model(), STAGE_NOISELESS, SyntheticDataset(64), collate,
-                      str(folder), log_every=0)
+                      str(folder), log_every=0, device="cpu")
     assert resumed.step == 3
     np.testing.assert_allclose([m["loss"] for m in resumed.fit()], single[3:], rtol=1e-6)
 
@@ -575,7 +576,7 @@ def test_one_command_runs_a_scaled_recipe_end_to_end(tmp_path, tokenizer):
 def test_metrics_log_progress_and_loss_curve(tmp_path):
     log = io.StringIO()
     tr = Trainer(build_model(), dict(STAGE_NOISY, steps=4), SyntheticDataset(16), collate,
-                 str(tmp_path), log_every=2, stream=log)
+                 str(tmp_path), log_every=2, stream=log, device="cpu")
     hist = tr.fit()
     with open(tmp_path / "metrics.jsonl") as f:
         rows = [json.loads(ln) for ln in f]
@@ -712,4 +713,5 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused_up_front(tmp_pat
     model = build_model()
     assert model.llm.embed_tokens.num_embeddings <= dataset.tokenizer.max_id
     with pytest.raises(ValueError, match="embedding table has only"):
-        Trainer(model, STAGE_NOISY, dataset, collate, str(tmp_path / "run"), log_every=0)
+        Trainer(model, STAGE_NOISY, dataset, collate, str(tmp_path / "run"), log_every=0,
+                device="cpu")

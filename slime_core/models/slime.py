@@ -51,7 +51,8 @@ class SlimeConfig:
     num_heads: Optional[int] = None  # resampler heads; None: D_v // 128, as released
     local_grid: int = 12            # local compressor queries per tile side (144 = 12 x 12)
     local_order: str = "raster"     # "raster" (mm_patch_merge_type spatial) or "tile" (flat)
-    selection: str = "top_p"        # "top_p" (SliME), "top_k", or "none" (keep every token)
+    selection: str = "top_p"        # "top_p" (SliME), "top_k", "none" (keep every token), or
+    #                                 "random" (top_k tokens blind to the text: an ablation)
     top_p: float = 0.95             # mm_resampler_topp; 1.0 keeps all (pre-training)
     top_k: int = 576
     temperature: float = 1.0        # mm_resampler_temp
@@ -65,7 +66,7 @@ class SlimeConfig:
     def __post_init__(self):
         choices = {"image_mode": ("both", "global", "local"),
                    "local_order": ("raster", "tile"),
-                   "selection": ("top_p", "top_k", "none")}
+                   "selection": ("top_p", "top_k", "none", "random")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}")
@@ -442,29 +443,38 @@ def _llm_type(model_type):
 
 def _selection_args(model):
     cfg = model.config
-    if cfg.selection == "top_k":
+    if cfg.selection in ("top_k", "random"):
         return dict(top_k=cfg.top_k)
     return dict(top_p=1.0 if cfg.selection == "none" else cfg.top_p)
 
 
-def _noise(model, local):
+def _mask_and_noise(model, local, text_mask):
+    """The text mask and score noise the selection gets. "random" hides the text (every
+    score 0) and ranks by noise from a fixed seed, so top_k then keeps a pseudo-random,
+    repeatable choice; otherwise the released training noise (std selection_noise)."""
+    if model.config.selection == "random":
+        g = torch.Generator(device=local.device).manual_seed(0)
+        noise = torch.randn(local.shape[:2], generator=g, device=local.device)
+        return torch.zeros_like(text_mask), noise
     std = model.config.selection_noise
     if model.training and std and model.config.selection != "none":
-        return std * torch.randn(local.shape[:2], device=local.device)
-    return None
+        return text_mask, std * torch.randn(local.shape[:2], device=local.device)
+    return text_mask, None
 
 
 def _select_fused(model, local, text, text_mask, counts):
+    text_mask, noise = _mask_and_noise(model, local, text_mask)
     sel = token_select(local, text, text_mask, counts, temperature=model.config.temperature,
-                       prenorm_temperature=model.config.prenorm_temperature,
-                       noise=_noise(model, local), **_selection_args(model))
+                       prenorm_temperature=model.config.prenorm_temperature, noise=noise,
+                       **_selection_args(model))
     return sel.indices, sel.counts
 
 
 def _select_reference(model, local, text, text_mask, counts):
+    text_mask, noise = _mask_and_noise(model, local, text_mask)
     indices, kept, _ = ref.token_select_ref(
         local.detach(), text.detach(), text_mask, counts, temperature=model.config.temperature,
-        prenorm_temperature=model.config.prenorm_temperature, noise=_noise(model, local),
+        prenorm_temperature=model.config.prenorm_temperature, noise=noise,
         compute_dtype=torch.float32, **_selection_args(model))
     return indices, kept
 

@@ -23,7 +23,7 @@ def check_backend(device, what="the fused ops"):
     device = torch.device(device)
     if device.type == "cuda":
         import slime_core
-        if not slime_core._C.build_info()["cuda"]:
+        if not slime_core.BUILT_WITH_CUDA:
             raise RuntimeError(
                 f"{what} cannot run on {device}: slime_core was built without CUDA kernels (CPU "
                 "torch or no nvcc at build time). With a CUDA torch and nvcc installed, rebuild: "

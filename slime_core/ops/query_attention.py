@@ -13,10 +13,19 @@ order.
 Layout: the kernels need only the last dimension (d) contiguous; any other strides are read
 as they are, so views such as ``x.view(B, L, heads, d).transpose(1, 2)`` cost no copy. A
 tensor whose last dimension is strided is copied first.
+
+Backends: "fused" is the kernels above. "sdpa" is torch's scaled_dot_product_attention with q
+expanded over the batch (a view) and the same masks and zero rows. "auto" (the default) takes
+sdpa on CUDA and the fused kernels elsewhere. Measured on an H100 (bench/results/
+2026-11-22-cuda-NVIDIA-H100-80GB-HBM3.md), our CUDA kernels, which use no tensor cores, ran
+5x to 50x slower than sdpa at SliME's shapes; on the CPU they match or beat it (1.0x to 1.25x,
+2026-11-21-cpu-2core.md). sdpa's CUDA backward is not promised deterministic and it returns
+no lse: pass backend="fused" for either.
 """
 import math
 
 import torch
+import torch.nn.functional as F
 
 from slime_core.ops._checks import check_same_device, check_same_dtype, check_tensor
 
@@ -91,8 +100,25 @@ def _layout_hint(q, k):
     return ""
 
 
+_BACKENDS = ("auto", "fused", "sdpa")
+
+
+def _sdpa(q, k, v, mask, scale):
+    """The same function through torch's SDPA: a batch item without keys attends to all of
+    them and is then zeroed, so it gets zeros and zero gradients, as from the kernels."""
+    batch = k.shape[0]
+    if q.dim() == 3:
+        q = q.expand(batch, -1, -1, -1)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    has_key = mask.any(dim=1)
+    attend = (mask | ~has_key[:, None])[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, scale=scale)
+    return out * has_key.view(batch, 1, 1, 1).to(out.dtype)
+
+
 def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None,
-                    return_lse=False, allow_fully_masked=False):
+                    return_lse=False, allow_fully_masked=False, backend="auto"):
     """Cross-attention of (usually shared, learnable) queries over a batch of keys/values.
 
     Args:
@@ -109,6 +135,8 @@ def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None
         return_lse: also return the log-sum-exp of the scaled scores.
         allow_fully_masked: a mask that drops every key of a batch item is an error
             (an inverted mask does exactly that), unless this is True.
+        backend: "auto" (sdpa on CUDA, the fused kernels elsewhere), "fused" or "sdpa" (see
+            the module docstring). return_lse needs the fused kernels.
 
     q, k, v share one dtype (float32, bfloat16 or float16; float64 on CPU only) and one
     device. A query row without keys (Lk = 0, or all masked with allow_fully_masked=True)
@@ -118,6 +146,12 @@ def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None
         out: (B, heads, Lq, d) in q's dtype; with return_lse also lse: (B, heads, Lq),
         float32 (float64 for float64 inputs).
     """
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, _BACKENDS))}, got "
+                         f"{backend!r}")
+    if backend == "sdpa" and return_lse:
+        raise ValueError("return_lse needs backend='fused' (or 'auto'): torch's SDPA returns "
+                         "no log-sum-exp")
     check_tensor("q", q, dtypes=_FLOAT_DTYPES)
     if q.dim() not in (3, 4):
         raise ValueError(f"q must be (heads, Lq, d) or (B, heads, Lq, d), got shape "
@@ -143,6 +177,12 @@ def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None
     mask = _key_mask(key_mask, key_padding_mask, batch, lk, q.device, allow_fully_masked)
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
+    if backend == "auto":
+        # Empty shapes stay with the kernels, which define them (zeros, lse -inf).
+        use_sdpa = q.device.type == "cuda" and not return_lse and min(batch, lk, d) > 0
+        backend = "sdpa" if use_sdpa else "fused"
+    if backend == "sdpa":
+        return _sdpa(q, k, v, mask, float(scale))
     out, lse = torch.ops.slime.query_attention(q, k, v, mask, float(scale))
     return (out, lse) if return_lse else out
 

@@ -263,9 +263,15 @@ class Trainer:
                  stream=None, num_workers=0):
         self.stage = stage if isinstance(stage, Stage) else Stage(**stage)
         self.rank, self.world = tdist.rank_world()
-        if device is None:
-            device = (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-                      if torch.cuda.is_available() else "cpu")
+        if device is None and torch.cuda.is_available():
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            if local_rank >= torch.cuda.device_count():
+                raise RuntimeError(
+                    f"process {local_rank} of this node has no GPU of its own: "
+                    f"{torch.cuda.device_count()} visible; start at most that many processes "
+                    "per node (torchrun --nproc_per_node), or pass device='cpu'")
+            device = f"cuda:{local_rank}"
+        device = "cpu" if device is None else device
         self.device = torch.device(device)
         self.layout, self.out_dir = layout, out_dir
         self.dataset, self.collate = dataset, collate
