@@ -35,6 +35,13 @@ The table also says, for each variant with local tokens, which share of the aske
 shape's local tokens the selection kept, beside the share of all local tokens it kept:
 a selection blind to the question keeps the shape's tokens at the second rate.
 
+Three more rows train nothing: the SliME and end-to-end models above, evaluated with BUDGET
+(4) of their about 97 local tokens, chosen by the question (top-k on the text-guided
+scores) or, for SliME, at random (selection "random"). Top-p 0.95 over SliME's double
+softmax keeps about 95% of the tokens, as released, so only a tight budget shows what the
+question's choice is worth: a tile's 16 compressed tokens all see the whole tile, and a
+random 16 of 97 already reach every tile.
+
 What is written under --out: data/ (the dataset, reused when its arguments match),
 variants/<name>/<stage>/ (checkpoints, metrics.jsonl, loss.png), variants/<name>/loss.png,
 slime/ (the SliME model in the LLaVA layout with its tower and tokenizer: `slime generate

@@ -302,20 +302,42 @@ def test_from_hf_arrays_and_files(transformers, tmp_path, rng):
                                                     return_tensors="pt")["pixel_values"])
 
 
+# How HF's do_convert_rgb treats transparent PIL images (RGBA, LA, P with a transparency key):
+# from transformers 5.21.0 on, image_transforms.convert_to_rgb (which PilBackend.process_image,
+# LlavaNextImageProcessorPil's base, calls) composites them onto white, as from_hf's default
+# alpha="white" does; up to 5.20.x (and in 4.x) it was image.convert("RGB"), which drops the
+# alpha band, as alpha="drop" does. Checked bit for bit on 4.46.3, 4.57.6, 5.0.0, 5.5.0,
+# 5.10.4, 5.14.0, 5.16.1, 5.17.0-5.20.2 (drop) and 5.21.0, 5.21.1, 5.22.0, 5.23.0 (white).
+HF_WHITE_FROM = (5, 21)
+
+
+def hf_alpha(transformers):
+    """The from_hf alpha option that reproduces the installed transformers."""
+    major, minor = (int(v) for v in transformers.__version__.split(".")[:2])
+    return "white" if (major, minor) >= HF_WHITE_FROM else "drop"
+
+
 def test_from_hf_transparency_matches_transformers(transformers, rng):
-    if int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip("transformers 4.x drops alpha (from_hf(..., alpha='drop'))")
+    alpha = hf_alpha(transformers)
     hf = hf_image_processor(transformers, V16_HF_CONFIG)
-    ours = ImageProcessor.from_hf(V16_HF_CONFIG)
+    ours = ImageProcessor.from_hf(V16_HF_CONFIG, alpha=alpha)
     rgba = Image.fromarray(rng.integers(0, 256, (90, 130, 4), dtype=np.uint8), "RGBA")
     la = rgba.convert("LA")
     pal = Image.fromarray(rand_image(60, 40, rng)).convert("P")
-    pal.info["transparency"] = int(np.asarray(pal)[0, 0])
+    palette = pal.getpalette()  # the key: a colour in use, not white (white on white is no change)
+    pal.info["transparency"] = next(k for k in np.asarray(pal).ravel().tolist()
+                                    if palette[3 * k:3 * k + 3] != [255, 255, 255])
     opaque_p = Image.fromarray(rand_image(60, 40, rng)).convert("P")
-    got = check_same_as_hf(hf, ours, [rgba, la, pal, opaque_p])
-    # "white" is not "drop": the composite changed the pixels.
-    dropped = ImageProcessor.from_hf(V16_HF_CONFIG, alpha="drop")
-    assert not torch.equal(dropped([rgba]).pixel_values[0], got.pixel_values[0])
+    images = [rgba, la, pal, opaque_p]
+    got = check_same_as_hf(hf, ours, images)
+    # "white" is not "drop": the other mode changes every transparent image, not the opaque one.
+    other = ImageProcessor.from_hf(V16_HF_CONFIG, alpha="drop" if alpha == "white" else "white")
+    flipped = other(images).pixel_values
+    for i in range(3):
+        assert not torch.equal(flipped[i], got.pixel_values[i]), \
+            f"image {i}: alpha={alpha!r} and the other mode agree (transformers " \
+            f"{transformers.__version__})"
+    assert torch.equal(flipped[3], got.pixel_values[3])
 
 
 def test_from_hf_fast_processor_config(transformers, rng):

@@ -402,8 +402,9 @@ def test_auto_takes_sdpa_on_cuda_and_the_kernels_elsewhere(device):
     # lse comes from the kernels only; empty shapes stay with them too
     out, lse = any_backend(q, k, v, return_lse=True)
     assert torch.equal(out, query_attention(q, k, v))
-    e = any_backend(q, k[:, :, :0], v[:, :, :0])
-    assert e.shape == (2, 2, 5, 16) and torch.all(e == 0)
+    for backend in ("auto", "sdpa"):
+        e = any_backend(q, k[:, :, :0], v[:, :, :0], backend=backend)
+        assert e.shape == (2, 2, 5, 16) and torch.all(e == 0)
 
 
 def test_backend_errors():

@@ -178,10 +178,9 @@ def query_attention(q, k, v, *, key_mask=None, key_padding_mask=None, scale=None
     if scale is None:
         scale = 1.0 / math.sqrt(d) if d > 0 else 1.0
     if backend == "auto":
-        # Empty shapes stay with the kernels, which define them (zeros, lse -inf).
-        use_sdpa = q.device.type == "cuda" and not return_lse and min(batch, lk, d) > 0
-        backend = "sdpa" if use_sdpa else "fused"
-    if backend == "sdpa":
+        backend = "sdpa" if q.device.type == "cuda" and not return_lse else "fused"
+    # Empty shapes stay with the kernels, which define them (zeros, lse -inf).
+    if backend == "sdpa" and min(batch, lk, d) > 0:
         return _sdpa(q, k, v, mask, float(scale))
     out, lse = torch.ops.slime.query_attention(q, k, v, mask, float(scale))
     return (out, lse) if return_lse else out
