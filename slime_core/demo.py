@@ -525,40 +525,35 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
         model = run_recipe(build, recipe, datasets, collate_fn, vdir, seed=seed,
                            log_every=max(1, steps["III"] // 4), stream=stream, device="cpu")
         took = time.perf_counter() - t
-        t = time.perf_counter()
-        scores = evaluate(model, tok, get_template(DEMO_TEMPLATE), proc, questions,
-                          paths.image_folder, batch_size=32, max_new_tokens=3)
-        tokens = visual_tokens(model, val_prompts)
-        kept = (None, None) if name == "global" else kept_object_tokens(model, val_prompts,
-                                                                          scenes, proc)
-        times[name] = {"train_s": took, "eval_s": time.perf_counter() - t}
-        results[name] = {
-            "variant": LABELS[name], "visual_tokens": tokens, "accuracy": scores["accuracy"],
-            "per_type": {k: v["accuracy"] for k, v in scores["per_type"].items()},
-            "object_tokens_kept": kept[0], "local_tokens_kept": kept[1],
-            "samples_per_s": _throughput(os.path.join(vdir, recipe[-1]["name"])),
-            "steps": sum(s["steps"] for s in recipe)}
-        say(f"[demo] {LABELS[name]}: accuracy {scores['accuracy']:.3f}, "
-            f"{tokens:.1f} visual tokens ({took:.0f} s)")
+        score(name, LABELS[name], model, local=name != "global",
+              samples_per_s=_throughput(os.path.join(vdir, recipe[-1]["name"])),
+              steps=sum(s["steps"] for s in recipe), train_s=took)
         return model
 
     def score_at_budget(key, model):
         name, selection, label = BUDGET_ROWS[key]
         trained = model.config
         model.config = dataclasses.replace(trained, selection=selection, top_k=BUDGET)
+        score(key, label, model, local=True, samples_per_s=None, steps=results[name]["steps"])
+        model.config = trained
+
+    def score(key, label, model, local, samples_per_s, steps, train_s=None):
+        """Evaluates `model` as it is configured into results[key] and times[key]."""
         t = time.perf_counter()
         scores = evaluate(model, tok, get_template(DEMO_TEMPLATE), proc, questions,
                           paths.image_folder, batch_size=32, max_new_tokens=3)
         tokens = visual_tokens(model, val_prompts)
-        kept = kept_object_tokens(model, val_prompts, scenes, proc)
-        model.config = trained
+        kept = kept_object_tokens(model, val_prompts, scenes, proc) if local else (None, None)
         times[key] = {"eval_s": time.perf_counter() - t}
+        if train_s is not None:
+            times[key]["train_s"] = train_s
         results[key] = {
             "variant": label, "visual_tokens": tokens, "accuracy": scores["accuracy"],
             "per_type": {k: v["accuracy"] for k, v in scores["per_type"].items()},
             "object_tokens_kept": kept[0], "local_tokens_kept": kept[1],
-            "samples_per_s": None, "steps": results[name]["steps"]}
-        say(f"[demo] {label}: accuracy {scores['accuracy']:.3f}, {tokens:.1f} visual tokens")
+            "samples_per_s": samples_per_s, "steps": steps}
+        say(f"[demo] {label}: accuracy {scores['accuracy']:.3f}, {tokens:.1f} visual tokens"
+            + ("" if train_s is None else f" ({train_s:.0f} s)"))
 
     plan = recipes(steps, top_k=1)
     slime = train_and_score("top_p", plan["top_p"])
