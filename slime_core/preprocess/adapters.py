@@ -9,7 +9,8 @@ Transparency (alpha="drop" or "white"):
 - "drop": image.convert("RGB"), as LLaVA's and SliME's loaders and transformers 4.x's
   CLIPImageProcessor do: RGBA loses its alpha, L is replicated, P and CMYK are mapped.
 - "white": images with an alpha band or a transparency key are composited onto white first,
-  as transformers 5.x's convert_to_rgb does; other images as "drop"."""
+  as transformers' convert_to_rgb does from 5.21.0 on (up to 5.20.x it drops alpha, as
+  "drop" does); other images as "drop"."""
 import os
 
 import numpy as np

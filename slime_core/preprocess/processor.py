@@ -219,7 +219,7 @@ class ImageProcessor:
                   zero-padded, for HF's LlavaNextForConditionalGeneration (needs planner
                   "pinpoints" with pinpoints_hw, the list the model picks grids from)
     alpha:        "drop" (convert("RGB"), as LLaVA does) or "white" (composite transparent
-                  images onto white, as transformers 5 does)
+                  images onto white, as transformers does from 5.21.0 on)
     device:       where the crops are computed and returned
     max_side:     larger images are refused (at most 16384)
     pillow:       whose Image.resize to equal bit for bit (Pillow's pass order changed in 13):
@@ -285,8 +285,9 @@ class ImageProcessor:
              transformers. Keys the config leaves out take HF's class defaults.
         Maps image_grid_pinpoints ((height, width) pairs) to pinpoints_hw, crop_size to
         tile_size, image_mean / image_std, resample (3: bicubic, 2: bilinear), do_pad to
-        layout "hf", do_convert_rgb to alpha "white" (transformers 5's compositing; pass
-        alpha="drop" to match transformers 4.x, which drops the alpha band). Raises
+        layout "hf", do_convert_rgb to alpha "white" (the compositing of transformers 5.21.0 and later;
+        pass alpha="drop" to match transformers up to 5.20.x, 4.x included, which drops the
+        alpha band). Raises
         ValueError naming the key for any setting whose output it would not reproduce:
         non-square or unequal size and crop_size (a centre crop that cuts), another resample,
         rescale_factor other than 1/255, do_rescale / do_convert_rgb / do_pad False, unknown
