@@ -630,19 +630,124 @@ def format_table(results):
     return "\n".join(rows)
 
 
+# The paper's three claims as differences between rows of the table (summary over seeds).
+CLAIMS = (("local detail beats the global view alone", "all_local", "global"),
+          ("the question's choice beats chance at a tight budget", "top_p@budget",
+           "random@budget"),
+          ("alternating beats end to end (top-p)", "top_p", "end_to_end"),
+          ("alternating beats end to end (tight budget)", "top_p@budget", "end_to_end@budget"))
+
+
+def _finished(folder, seed, scale):
+    """The report of a finished run in `folder` with these arguments, else None."""
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        report = json.load(f)
+    steps = {k: max(2, round(v * scale)) for k, v in STEPS.items()}
+    same = report.get("seed") == seed and report.get("steps") == steps and set(
+        report.get("variants", {})) == set(LABELS) | set(BUDGET_ROWS)
+    return report if same else None
+
+
+def run_seeds(out, seeds, scale=1.0, stream=None, threads=None):
+    """The demo once per seed (out/seed_<n>; a finished run with the same arguments is
+    read back, not rerun), then the table of every variant over the seeds and the paper's
+    claims as per-seed differences: out/summary.md and summary.json. At this scale a
+    claim can hold on average and fail on a seed (training puts the asked-about shape's
+    tokens high or low in the selection by chance), which one seed's table cannot tell."""
+    stream = stream or sys.stdout
+    reports = {}
+    for seed in seeds:
+        folder = os.path.join(out, f"seed_{seed}")
+        reports[seed] = _finished(folder, seed, scale) or run(folder, scale=scale, seed=seed,
+                                                              stream=stream, threads=threads)
+    table = format_summary(reports)
+    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(table + "\n")
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump({str(k): v["variants"] for k, v in reports.items()}, f, indent=1)
+    print("\n" + table, file=stream, flush=True)
+    return reports
+
+
+def format_summary(reports):
+    """Markdown: each variant's accuracy over the seeds of `reports` ({seed: run()'s
+    report}), then each claim's difference per seed, its mean and how many seeds agree."""
+    seeds = sorted(reports)
+    per = {s: reports[s]["variants"] for s in seeds}
+
+    def stats(xs):
+        m = statistics.fmean(xs)
+        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+        return m, sd
+    head = "| variant | visual tokens | val accuracy, mean (sd) | 'stripes', mean | " + \
+        " | ".join(f"seed {s}" for s in seeds) + " |"
+    rows = [head, "|" + "---|" * (4 + len(seeds))]
+    for name in list(LABELS) + list(BUDGET_ROWS):
+        if not all(name in per[s] for s in seeds):
+            continue
+        acc = [per[s][name]["accuracy"] for s in seeds]
+        stripes = [per[s][name]["per_type"].get("stripes", float("nan")) for s in seeds]
+        m, sd = stats(acc)
+        rows.append(f"| {per[seeds[0]][name]['variant']} | "
+                    f"{statistics.fmean(per[s][name]['visual_tokens'] for s in seeds):.1f} | "
+                    f"{m:.3f} ({sd:.3f}) | {statistics.fmean(stripes):.3f} | "
+                    + " | ".join(f"{a:.3f}" for a in acc) + " |")
+    rows += ["", "| claim (row minus row) | mean difference (standard error) | " +
+             " | ".join(f"seed {s}" for s in seeds) + " | seeds where it holds |",
+             "|" + "---|" * (3 + len(seeds))]
+    for text, a, b in CLAIMS:
+        if not all(a in per[s] and b in per[s] for s in seeds):
+            continue
+        d = [per[s][a]["accuracy"] - per[s][b]["accuracy"] for s in seeds]
+        m, sd = stats(d)
+        rows.append(f"| {text} | {m:+.3f} ({sd / len(d) ** 0.5:.3f}) | "
+                    + " | ".join(f"{x:+.3f}" for x in d)
+                    + f" | {sum(x > 0 for x in d)} of {len(d)} |")
+    return "\n".join(rows)
+
+
+def _seed_list(text):
+    """'0,1,2' or '0-5' -> [0, 1, 2] or [0, ..., 5]."""
+    seeds = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise ValueError(f"--seeds takes numbers and ranges like 0,1,2 or 0-5, got {text!r}")
+        seeds += list(range(int(lo), int(hi or lo) + 1))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct seeds, got {text!r}")
+    return seeds
+
+
 def main(argv=None):
-    """python -m slime_core.demo [--out DIR] [--scale X] [--seed N] [--threads N]"""
+    """python -m slime_core.demo [--out DIR] [--scale X] [--seed N | --seeds LIST]
+    [--threads N]"""
     import argparse
     p = argparse.ArgumentParser(prog="slime demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default runs/demo, or runs/demo_seeds with --seeds)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiplies images and steps (0.1: a quick smoke run)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="run once per seed (e.g. 0-5; each one a full demo, in OUT/seed_N, "
+                        "finished ones read back) and write the table over seeds, "
+                        "OUT/summary.md")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
     if not 0 < args.scale <= 10:
         p.error(f"--scale must be in (0, 10], got {args.scale}")
-    run(args.out, scale=args.scale, seed=args.seed, threads=args.threads)
+    if args.seeds is not None:
+        try:
+            seeds = _seed_list(args.seeds)
+        except ValueError as e:
+            p.error(str(e))
+        run_seeds(args.out or "runs/demo_seeds", seeds, scale=args.scale, threads=args.threads)
+        return 0
+    run(args.out or "runs/demo", scale=args.scale, seed=args.seed, threads=args.threads)
     return 0
 
 

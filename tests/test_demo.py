@@ -122,6 +122,51 @@ def test_demo_command_help_and_bad_scale(capsys):
     assert e.value.code == 2 and "--scale" in capsys.readouterr().err
 
 
+def test_bad_seed_lists_are_refused(capsys):
+    assert demo._seed_list("0-2,5") == [0, 1, 2, 5]
+    for bad in ("", "a", "1-", "0,0", "2-1"):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["demo", "--seeds", bad])
+        assert e.value.code == 2 and "--seeds" in capsys.readouterr().err, bad
+
+
+def test_seeds_read_back_finished_runs_and_summarise(runs, tmp_path):
+    """--seeds: a finished run with the same arguments is read back, not retrained; the
+    summary has every row and each claim's per-seed differences."""
+    import io
+    import shutil
+    _, _, root = runs
+    shutil.copytree(root / "run0", tmp_path / "seed_0")
+    log = io.StringIO()
+    reports = demo.run_seeds(str(tmp_path), [0], scale=SCALE, stream=log)
+    assert "[demo]" not in log.getvalue()  # nothing trained or evaluated again
+    assert reports[0] == json.loads((root / "run0" / "results.json").read_text())
+    summary = (tmp_path / "summary.md").read_text()
+    assert all(label in summary for label in demo.LABELS.values())
+    assert all(text in summary for text, _, _ in demo.CLAIMS)
+    # another scale is another run: not read back
+    assert demo._finished(str(tmp_path / "seed_0"), 0, 2 * SCALE) is None
+    assert demo._finished(str(tmp_path / "seed_0"), 1, SCALE) is None
+
+
+def test_summary_differences_and_counts():
+    def report(**acc):
+        return {"variants": {k: {"variant": k, "visual_tokens": 1.0, "accuracy": a,
+                                 "per_type": {"stripes": a}} for k, a in acc.items()}}
+    rows = dict(all_local=0.9, global_=0.5, top_p=0.8, end_to_end=0.7)
+    one = report(**{k.rstrip("_"): v for k, v in rows.items()},
+                 **{"top_p@budget": 0.6, "random@budget": 0.7, "end_to_end@budget": 0.5})
+    two = report(**{k.rstrip("_"): v for k, v in rows.items()},
+                 **{"top_p@budget": 0.8, "random@budget": 0.5, "end_to_end@budget": 0.9})
+    table = demo.format_summary({3: one, 7: two})
+    line = {row.split(" | ")[0].lstrip("| "): row for row in table.splitlines()}
+    assert line["the question's choice beats chance at a tight budget"].endswith(
+        "+0.100 (0.200) | -0.100 | +0.300 | 1 of 2 |")
+    assert line["local detail beats the global view alone"].endswith(
+        "+0.400 (0.000) | +0.400 | +0.400 | 2 of 2 |")
+    assert "| seed 3 | seed 7 |" in table
+
+
 def test_tower_pretraining_learns_colours_in_both_views(tmp_path):
     """Stage 0 on a few images: the per-patch colour loss falls (the labels are readable),
     and the tower comes back frozen."""
