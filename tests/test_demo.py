@@ -165,6 +165,16 @@ def test_summary_differences_and_counts():
     assert line["local detail beats the global view alone"].endswith(
         "+0.400 (0.000) | +0.400 | +0.400 | 2 of 2 |")
     assert "| seed 3 | seed 7 |" in table
+    # the shape's share of kept tokens: mean and lowest seed, "-" where a run has none
+    three = {k: dict(v, object_tokens_kept=0.2, local_tokens_kept=0.9)
+             for k, v in one["variants"].items()}
+    seven = {k: dict(v, object_tokens_kept=0.6, local_tokens_kept=0.7)
+             for k, v in two["variants"].items()}
+    line = {row.split(" | ")[0].lstrip("| "): row
+            for row in demo.format_summary({3: {"variants": three},
+                                            7: {"variants": seven}}).splitlines()}
+    assert "| 40%, lowest 20% (80%) |" in line["end_to_end"]
+    assert "| 0.700 (0.000) | 0.700 | - |" in table.splitlines()[5]
 
 
 def test_tower_pretraining_learns_colours_in_both_views(tmp_path):
