@@ -26,6 +26,12 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    # each test draws the same inputs whatever ran before it
+    torch.manual_seed(0)
+
+
 def pair(grid, dim, heads, kv_dim, out_dim):
     ours = Resampler(grid, dim, heads, kv_dim=kv_dim, out_dim=out_dim)
     ref = ResamplerRef(grid, dim, heads, kv_dim=kv_dim, out_dim=out_dim)
@@ -92,7 +98,9 @@ def test_matches_multihead_attention_reference(cfg, masked):
     ref_params = dict(ref.named_parameters())
     for name, p in ours.named_parameters():
         if p.requires_grad:
-            assert rel_err(p.grad, ref_params[name].grad) < 1e-5, name
+            # fp32 sums over batch x keys in another order than MHA's backward: up to 1.1e-5
+            # measured (D 1024, masked); a wrong gradient is off by far more
+            assert rel_err(p.grad, ref_params[name].grad) < 3e-5, name
 
 
 def test_input_gradient_and_single_crop():
