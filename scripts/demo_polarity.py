@@ -24,17 +24,18 @@ from slime_core.data import LlavaDataset
 from slime_core.data.builtin import DEMO_TEMPLATE
 from slime_core.preprocess import ImageProcessor
 from slime_core.text import Tokenizer
+from slime_core.train.trainer import latest_checkpoint
 
 STAGES = (("SliME after II", "top_p", "II"), ("SliME after III", "top_p", "III"),
           ("end to end after I-II", "end_to_end", "I-II"),
           ("end to end after III", "end_to_end", "III"))
 
 
-def last_checkpoint(folder):
-    steps = sorted(os.listdir(os.path.join(folder, "checkpoints")))
-    if not steps:
-        raise FileNotFoundError(f"no checkpoint in {folder}/checkpoints: is the run finished?")
-    return os.path.join(folder, "checkpoints", steps[-1], "model.safetensors")
+def last_checkpoint(stage_dir):
+    found = latest_checkpoint(stage_dir)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {stage_dir}/checkpoints: is the run finished?")
+    return os.path.join(found, "model.safetensors")
 
 
 def seed_row(run_dir, seed):

@@ -455,6 +455,11 @@ def _explain(model, tokenizer, processor, image_path, question, out):
     return selection_png(model, tokenizer, processor, picture, question, out, DEMO_TEMPLATE)
 
 
+def _steps(scale):
+    """STEPS for a run at `scale` (run() records them; a finished run is matched by them)."""
+    return {k: max(2, round(v * scale)) for k, v in STEPS.items()}
+
+
 def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     """Runs the demo into `out`; returns the results dict (also results.json)."""
     stream = stream or sys.stdout
@@ -470,7 +475,7 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     if scale != 1.0:
         data_args.update(n_train=max(16, round(DATA["n_train"] * scale)),
                          n_val=max(8, round(DATA["n_val"] * scale)))
-    steps = {k: max(2, round(v * scale)) for k, v in STEPS.items()}
+    steps = _steps(scale)
     t = time.perf_counter()
     paths = ensure_builtin(os.path.join(out, "data"), workers=min(4, os.cpu_count() or 1),
                            **data_args)
@@ -654,8 +659,7 @@ def _finished(folder, seed, scale):
         return None
     with open(path, encoding="utf-8") as f:
         report = json.load(f)
-    steps = {k: max(2, round(v * scale)) for k, v in STEPS.items()}
-    same = report.get("seed") == seed and report.get("steps") == steps and set(
+    same = report.get("seed") == seed and report.get("steps") == _steps(scale) and set(
         report.get("variants", {})) == set(LABELS) | set(BUDGET_ROWS)
     return report if same else None
 
@@ -692,6 +696,7 @@ def format_summary(reports):
         m = statistics.fmean(xs)
         sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
         return m, sd
+
     def kept(name):
         # the asked-about shape's share of kept local tokens: the mean, and the seed where
         # the selection kept it least (a selection that ranks the shape low shows there)
