@@ -236,3 +236,17 @@ def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
     model = demo.build_model(tok.max_id + 1, tok.token_to_id(","))
     losses = demo.pretrain_llm(model.llm, tok, paths, 40, batch=8)
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    # the word vectors: orthonormal rows at the N(0, 0.02) table's norm, fixed in training
+    table = model.llm.embed_tokens.weight.detach()
+    d = table.shape[1]
+    gram = table @ table.T / (0.02 ** 2 * d)
+    torch.testing.assert_close(gram, torch.eye(len(table)), atol=1e-5, rtol=0)
+    # learned instead (orthogonal=False): the table trains and is no longer orthonormal
+    other = demo.build_model(tok.max_id + 1, tok.token_to_id(","))
+    before = other.llm.embed_tokens.weight.detach().clone()
+    demo.pretrain_llm(other.llm, tok, paths, 3, batch=4, orthogonal=False, noise=0.0)
+    assert not torch.equal(other.llm.embed_tokens.weight.detach(), before)
+    wide = demo.Decoder(demo.DecoderConfig(vocab_size=d + 1, hidden_size=d, intermediate_size=8,
+                                           num_layers=1, num_heads=4, num_kv_heads=4))
+    with pytest.raises(ValueError, match="vocab .* <= hidden size"):
+        demo.pretrain_llm(wide, tok, paths, 1, batch=2)

@@ -133,6 +133,14 @@ def test_tinyllava_recipes_and_partial_vision():
     vision = {n for n in _trained(model) if n.startswith("vision_tower.")}
     assert vision == {n for n, _ in model.named_parameters()
                       if n.startswith("vision_tower.encoder.layers.1.")}
+    # "llm.body": the LLM but its input embedding table (a tied lm_head shares it)
+    for tied in (False, True):
+        model = build_model(connector="mlp2x_gelu", image_mode="global", tie=tied)
+        configure(model, Stage(name="x", trainable={"llm.body": 1.0}))
+        llm = {n for n, _ in model.named_parameters() if n.startswith("llm.")}
+        assert _trained(model) == llm - {"llm.model.embed_tokens.weight"}
+        assert not model.llm.embed_tokens.weight.requires_grad
+        assert ("llm.lm_head.weight" in llm) is not tied
 
 
 def test_bad_stages_are_refused():

@@ -23,14 +23,15 @@ from slime_core.preprocess import ImageProcessor
 TILE, PATCH, VOCAB, SEP = 28, 7, 96, 5
 
 
-def build_model(seed=0, connector="gated", image_mode="both", **overrides):
-    """A tiny SliME (CLIP-like tower 32 wide, Llama-like decoder 48 wide), float32."""
+def build_model(seed=0, connector="gated", image_mode="both", tie=False, **overrides):
+    """A tiny SliME (CLIP-like tower 32 wide, Llama-like decoder 48 wide), float32; tie: the
+    decoder's lm_head shares its embedding table."""
     torch.manual_seed(seed)
     tower = VisionTower(VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                      num_attention_heads=4, image_size=TILE, patch_size=PATCH))
     llm = Decoder(DecoderConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=96,
                                 num_layers=2, num_heads=4, num_kv_heads=2, bos_token_id=1,
-                                eos_token_id=2, pad_token_id=0))
+                                eos_token_id=2, pad_token_id=0, tie_word_embeddings=tie))
     cfg = dict(num_heads=4, local_grid=2, separator_token_id=SEP, top_p=0.8,
                connector=connector, image_mode=image_mode)
     cfg.update(overrides)

@@ -37,6 +37,9 @@ COMPONENTS = {
     "connector.router": r"mm_projector\.w_gate$",
     "local": r"sampler\.",
     "llm": r"llm\.",
+    # the LLM but its input embedding table (which a tied lm_head shares): the word vectors
+    # the text-guided selection scores against stay where pretraining left them
+    "llm.body": r"llm\.(?!model\.embed_tokens\.)",
 }
 # Parameters that are fixed by design, never trained whatever the component: the
 # resamplers' sin-cos position tables and the gated block's unused w_noise.
