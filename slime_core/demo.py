@@ -28,9 +28,10 @@ for SliME-8B (llama3, no system turn). It starts from a pretrained CLIP and a pr
 LLM; the demo pretrains its own tiny stand-ins first and says so: stage 0 teaches the
 vision tower, per patch, the colour, shape and stripes of what each patch holds (labels
 from objects.json), then freezes it; stage -1 teaches the LLM the dataset's language and
-to answer from a picture given as word vectors (pretrain_llm). Stages Ia, Ib and II then
-train the connector alone against the frozen LLM, and stage III trains the LLM with it at
-a lower rate, as SliME does. The other variants copy SliME's stages they share with it
+to answer from a picture given as word vectors (pretrain_llm; its word vectors orthonormal
+and fixed). Stages Ia, Ib and II then train the connector alone against the frozen LLM, and
+stage III trains the LLM with it at a lower rate, as SliME does, but not the word vectors
+the selection scores against. The other variants copy SliME's stages they share with it
 (Ia, Ib and II for all-local and top-k; Ia and Ib for global only) rather than rerun them.
 
 The table also says, for each variant with local tokens, which share of the asked-about
@@ -281,8 +282,13 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
     all of it. That is what a large LLM brings to SliME and a tiny one trained for a minute
     lacks: word vectors that can be mixed and still read, and a habit of skipping what
     says nothing. Stages I and II then keep it frozen and teach the connector to speak to
-    it, as they do with Vicuna. Without bag: the caption's words in order. Returns the
-    per-step losses."""
+    it, as they do with Vicuna. Without bag: the caption's words in order.
+
+    orthogonal: the word vectors are orthonormal and fixed (see below); otherwise learned.
+    noise: Gaussian noise on every place of the picture, fillers and object alike, its norm
+    `noise` times a word vector's, so that the LLM reads the object's words through
+    whatever else a token holds, as the connector's tokens will hold more than words.
+    Returns the per-step losses."""
     records = text_stand_ins(paths, tokenizer, bag=bag)
     filler = tokenizer.token_to_id("<unk>")
     g = torch.Generator().manual_seed(seed)
