@@ -80,5 +80,5 @@ def selection_png(model, tokenizer, processor, image, prompt, out, template="vic
         raise ValueError("this model runs the global view only: there is no selection")
     indices, kept, local = sel
     draw_selection(image, images.plans[0], indices[0, :int(kept[0])].tolist(), int(local[0]),
-                   model.config.local_grid, model.config.local_order, prompt).save(out)
+                   model.local_side, model.config.local_order, prompt).save(out)
     return int(kept[0]), int(local[0])

@@ -49,6 +49,9 @@ def test_visual_token_counts_follow_each_variant(runs):
     assert v["global"]["visual_tokens"] == n_global
     # DATA's aspects give SliME's planner a 3 x 2 grid for every image
     assert v["all_local"]["visual_tokens"] == n_global + 1 + 6 * demo.LOCAL_GRID ** 2
+    # uncompressed: every patch of every tile (the tower's 8 x 8 grid)
+    assert v["patches"]["visual_tokens"] == n_global + 1 + 6 * n_global
+    assert v["patches"]["local_tokens_kept"] == 1.0
     assert v["top_k"]["visual_tokens"] == n_global + 1 + report["top_k"]
     assert n_global + 1 < v["top_p"]["visual_tokens"] <= v["all_local"]["visual_tokens"]
     for key in demo.BUDGET_ROWS:  # the trained models, evaluated with BUDGET local tokens
@@ -143,7 +146,7 @@ def test_seeds_read_back_finished_runs_and_summarise(runs, tmp_path):
     assert reports[0] == json.loads((root / "run0" / "results.json").read_text())
     summary = (tmp_path / "summary.md").read_text()
     assert all(label in summary for label in demo.LABELS.values())
-    assert all(text in summary for text, _, _ in demo.CLAIMS)
+    assert all(text in summary for text, *_ in demo.CLAIMS)
     # another scale is another run: not read back
     assert demo._finished(str(tmp_path / "seed_0"), 0, 2 * SCALE) is None
     assert demo._finished(str(tmp_path / "seed_0"), 1, SCALE) is None
@@ -154,9 +157,9 @@ def test_summary_differences_and_counts():
         return {"variants": {k: {"variant": k, "visual_tokens": 1.0, "accuracy": a,
                                  "per_type": {"stripes": a}} for k, a in acc.items()}}
     rows = dict(all_local=0.9, global_=0.5, top_p=0.8, end_to_end=0.7)
-    one = report(**{k.rstrip("_"): v for k, v in rows.items()},
+    one = report(**{k.rstrip("_"): v for k, v in rows.items()}, patches=0.805,
                  **{"top_p@budget": 0.6, "random@budget": 0.7, "end_to_end@budget": 0.5})
-    two = report(**{k.rstrip("_"): v for k, v in rows.items()},
+    two = report(**{k.rstrip("_"): v for k, v in rows.items()}, patches=0.83,
                  **{"top_p@budget": 0.8, "random@budget": 0.5, "end_to_end@budget": 0.9})
     table = demo.format_summary({3: one, 7: two})
     line = {row.split(" | ")[0].lstrip("| "): row for row in table.splitlines()}
@@ -164,6 +167,9 @@ def test_summary_differences_and_counts():
         "+0.100 (0.200) | -0.100 | +0.300 | 1 of 2 |")
     assert line["local detail beats the global view alone"].endswith(
         "+0.400 (0.000) | +0.400 | +0.400 | 2 of 2 |")
+    # "keeps" holds within demo.KEEP: -0.005 does, -0.030 does not
+    keep = next(text for text, _, b, _ in demo.CLAIMS if b == "patches")
+    assert line[keep].endswith("-0.017 (0.012) | -0.005 | -0.030 | 1 of 2 |")
     assert "| seed 3 | seed 7 |" in table
     # the shape's share of kept tokens: mean and lowest seed, "-" where a run has none
     three = {k: dict(v, object_tokens_kept=0.2, local_tokens_kept=0.9)
@@ -174,7 +180,7 @@ def test_summary_differences_and_counts():
             for row in demo.format_summary({3: {"variants": three},
                                             7: {"variants": seven}}).splitlines()}
     assert "| 40%, lowest 20% (80%) |" in line["end_to_end"]
-    assert "| 0.700 (0.000) | 0.700 | - |" in table.splitlines()[5]
+    assert "| 0.700 (0.000) | 0.700 | - |" in table.splitlines()[6]
 
 
 def test_tower_pretraining_learns_colours_in_both_views(tmp_path):

@@ -223,11 +223,49 @@ def test_tinyllava_style_config(folders, connector):
     assert model.sampler is None
 
 
+def test_uncompressed_tiles_are_every_patch_in_raster_order(folders):
+    """local_compressor='none' (LLaVA-NeXT's AnyRes, the demo's baseline): no sampler; each
+    tile's tower tokens go through mm_projector as the global view's do, laid on the image's
+    canvas in raster order (canvas row r, column c = tile (r // SIDE, c // SIDE), patch
+    (r % SIDE, c % SIDE)), after the global view and the separator."""
+    model = build(folders, local_compressor="none", selection="none").eval()
+    assert model.sampler is None and model.local_side == SIDE
+    ids, mask, px, crops, grids, _ = batch(6)
+    text, tmask = model.selection_text(ids, mask)
+    with torch.no_grad():
+        image, counts = model.image_tokens(px, crops, grids, text, tmask)
+        feats = model.mm_projector(model.vision_tower(px))  # (crops, SIDE * SIDE, H)
+    first = 0
+    for b, (gw, gh) in enumerate(grids):
+        rows = [feats[first], model.llm.embed_tokens.weight[SEP][None]]
+        for r in range(gh * SIDE):
+            for c in range(gw * SIDE):
+                tile = first + 1 + (r // SIDE) * gw + c // SIDE
+                rows.append(feats[tile, (r % SIDE) * SIDE + c % SIDE][None])
+        want = torch.cat(rows)
+        assert int(counts[b]) == len(want) == SIDE * SIDE + 1 + gw * gh * SIDE * SIDE
+        assert rel(image[b, :len(want)], want) < 1e-6
+        first += crops[b]
+    # the text-guided selection runs on the patches as on compressed tokens
+    model.config.selection, model.config.top_k = "top_k", 7
+    with torch.no_grad():
+        _, counts, (_, kept, m) = model.image_tokens(px, crops, grids, text, tmask,
+                                                     return_selection=True)
+    assert m.tolist() == [(c - 1) * SIDE * SIDE for c in crops]
+    assert kept.tolist() == [7] * len(crops)
+    # built without a compressor, it cannot be switched to one
+    model.config.local_compressor = "resampler"
+    with pytest.raises(ValueError, match="without a local compressor"):
+        model.image_tokens(px, crops, grids, text, tmask)
+
+
 def test_config_errors(folders):
     with pytest.raises(ValueError, match="image_mode"):
         SlimeConfig(image_mode="all")
     with pytest.raises(ValueError, match="resampler"):
         SlimeConfig(connector="resampler")
+    with pytest.raises(ValueError, match="local_compressor"):
+        SlimeConfig(local_compressor="mean")
     model = build(folders)
     ids, mask, px, crops, grids, labels = batch(9)
     with pytest.raises(ValueError, match="1 \\+ tiles"):

@@ -6,6 +6,7 @@ vision tower + an MLP or resampler connector + a small LLM): a config, not a hie
       -> vision tower (all crops of the batch at once)         (N, 576, D_v)
       global view -> mm_projector (SliME: the gated mixture)   (B, 576, H)
       tiles -> sampler.post_qformer (Resampler, 144 queries) -> mm_projector (MLP path)
+            (local_compressor="none": every patch, through mm_projector as the global view)
             -> laid on one grid per image (raster order)       (B, M_max, H) ragged
             -> token_select against the prompt's embeddings    kept indices, counts
       [global, separator, kept local] spliced at <image>       (B, L, H) + mask + positions
@@ -50,6 +51,10 @@ class SlimeConfig:
     connector_grid: int = 12        # "resampler" connector: query grid side (144 tokens)
     num_heads: Optional[int] = None  # resampler heads; None: D_v // 128, as released
     local_grid: int = 12            # local compressor queries per tile side (144 = 12 x 12)
+    local_compressor: str = "resampler"  # "none": every tile's patch tokens go uncompressed
+    #                                 through mm_projector, as the global view's do (LLaVA-NeXT's
+    #                                 AnyRes: the baseline SliME's compression is measured
+    #                                 against); the sampler is then unused
     local_order: str = "raster"     # "raster" (mm_patch_merge_type spatial) or "tile" (flat)
     selection: str = "top_p"        # "top_p" (SliME), "top_k", "none" (keep every token), or
     #                                 "random" (top_k tokens blind to the text: an ablation)
@@ -66,6 +71,7 @@ class SlimeConfig:
     def __post_init__(self):
         choices = {"image_mode": ("both", "global", "local"),
                    "local_order": ("raster", "tile"),
+                   "local_compressor": ("resampler", "none"),
                    "selection": ("top_p", "top_k", "none", "random")}
         for field, allowed in choices.items():
             if getattr(self, field) not in allowed:
@@ -117,7 +123,8 @@ class SlimeModel(nn.Module):
             side if config.connector == "gated" else config.connector_grid), num_heads=heads,
             expert=config.connector_expert)
         self.sampler = (Sampler(config.local_grid, dv, heads)
-                        if config.image_mode != "global" else None)
+                        if config.image_mode != "global" and config.local_compressor != "none"
+                        else None)
         self.set_fused_ops(config.use_fused_ops)
 
     def set_fused_ops(self, enabled):
@@ -162,15 +169,34 @@ class SlimeModel(nn.Module):
         if cfg.image_mode == "global":
             counts = torch.full((B,), prefix.shape[1], dtype=torch.int64, device=dev)
             return (prefix, counts, None) if return_selection else (prefix, counts)
-        tiles = self.sampler.post_qformer(feats.index_select(0, tile_rows))  # (N_t, g*g, D_v)
-        tiles = self.mm_projector(tiles)                                     # MLP path
-        index, m = tile_raster_index(grids_wh, cfg.local_grid, device=dev, order=cfg.local_order)
+        tiles = feats.index_select(0, tile_rows)                             # (N_t, Lv, D_v)
+        side = self.local_side
+        if cfg.local_compressor == "none":
+            if tiles.shape[1] != side * side:
+                raise ValueError(f"local_compressor='none' lays a tile's {tiles.shape[1]} "
+                                 f"tower tokens on its {side} x {side} patch grid; use a "
+                                 "tower whose select_feature gives patches only")
+        elif self.sampler is None:
+            raise ValueError("this model was built without a local compressor (image_mode "
+                             "'global' or local_compressor 'none'); it cannot compress tiles")
+        else:
+            tiles = self.sampler.post_qformer(tiles)                         # (N_t, g*g, D_v)
+        tiles = self.mm_projector(tiles)          # compressed: the MLP path; else as global
+        index, m = tile_raster_index(grids_wh, side, device=dev, order=cfg.local_order)
         local = gather_rows(tiles.flatten(0, 1), index)                      # (B, M_max, H)
         sel = self._select(self, local, text.to(local.dtype), text_mask, m)
         if prefix is not None:  # under autocast the two branches can end in different dtypes
             prefix = prefix.to(local.dtype)
         image, counts = self._pack(local, sel[0], sel[1], prefix=prefix)
         return (image, counts, (sel[0], sel[1], m)) if return_selection else (image, counts)
+
+    @property
+    def local_side(self):
+        """Local tokens across one tile: the compressor's query grid (config.local_grid), or
+        the tower's patch grid when tiles go uncompressed (local_compressor='none')."""
+        if self.config.local_compressor == "none":
+            return self.vision_tower.config.image_size // self.vision_tower.config.patch_size
+        return self.config.local_grid
 
     def selection_text(self, input_ids, attention_mask=None):
         """(text (B, T, H), text_mask (B, T)): the input embeddings of a batch and the tokens
