@@ -10,7 +10,14 @@ The variants (each trained here from the same pretrained parts, seeds fixed):
 
     global only           LLaVA-style: the global view alone (stages Ia, Ib, then the
                           instruction stage in global mode for II's and III's steps)
-    global + all local    SliME's stages, instruction stage keeping every local token
+    every local patch     LLaVA-NeXT's AnyRes, the baseline SliME's "less is more" is
+                          measured against: the global view and every tile's patch tokens,
+                          uncompressed, through the connector aligned on the global view
+                          (SliME's Ia and Ib), then the instruction stage for II's and
+                          III's steps (local_compressor "none": 6 tiles x 64 patches here,
+                          against SliME's 6 x 16)
+    global + all local    SliME's stages, instruction stage keeping every compressed local
+                          token (compression without selection)
     SliME (top-p)         SliME's stages, text-guided top-p selection of local tokens
     top-k, equal budget   SliME's stages, top-k with k = the top-p model's mean kept count
     SliME end to end      the paper's ablation: the global experts and the local compressor
@@ -32,7 +39,8 @@ to answer from a picture given as word vectors (pretrain_llm; its word vectors o
 and fixed). Stages Ia, Ib and II then train the connector alone against the frozen LLM, and
 stage III trains the LLM with it at a lower rate, as SliME does, but not the word vectors
 the selection scores against. The other variants copy SliME's stages they share with it
-(Ia, Ib and II for all-local and top-k; Ia and Ib for global only) rather than rerun them.
+(Ia, Ib and II for all-local and top-k; Ia and Ib for global only and every local patch)
+rather than rerun them.
 
 The table also says, for each variant with local tokens, which share of the asked-about
 shape's local tokens the selection kept, beside the share of all local tokens it kept:
@@ -396,8 +404,9 @@ def recipes(steps, top_k):
                                   connector_expert=-1)],
         # LLaVA-NeXT's AnyRes, the baseline for SliME's "less is more": every tile's patch
         # tokens, uncompressed, through the connector aligned on the global view (SliME's Ia
-        # and Ib), then the same stage III as all_local.
-        "patches": [ia, ib, _stage("III", "instruct", steps["III"],
+        # and Ib); it has no stage II, so like global only its instruction stage gets II's
+        # steps too: as many steps in all as SliME.
+        "patches": [ia, ib, _stage("III", "instruct", steps["II"] + steps["III"],
                                    {"llm.body": LR_III, "connector": LR_III}, image_mode="both",
                                    connector_expert=-1, selection="none",
                                    local_compressor="none")],

@@ -223,7 +223,7 @@ def test_tinyllava_style_config(folders, connector):
     assert model.sampler is None
 
 
-def test_uncompressed_tiles_are_every_patch_in_raster_order(folders):
+def test_uncompressed_tiles_are_every_patch_in_raster_order(folders, tmp_path):
     """local_compressor='none' (LLaVA-NeXT's AnyRes, the demo's baseline): no sampler; each
     tile's tower tokens go through mm_projector as the global view's do, laid on the image's
     canvas in raster order (canvas row r, column c = tile (r // SIDE, c // SIDE), patch
@@ -253,6 +253,13 @@ def test_uncompressed_tiles_are_every_patch_in_raster_order(folders):
                                                      return_selection=True)
     assert m.tolist() == [(c - 1) * SIDE * SIDE for c in crops]
     assert kept.tolist() == [7] * len(crops)
+    # it saves and loads back as it is (no model.sampler.* in the folder)
+    model.save_pretrained(tmp_path / "patches", vision_tower_path=str(folders / "clip"))
+    again = SlimeModel.from_pretrained(tmp_path / "patches").eval()
+    assert again.config.local_compressor == "none" and again.sampler is None
+    with torch.no_grad():
+        assert torch.equal(again(ids, mask, px, crops, grids).logits,
+                           model(ids, mask, px, crops, grids).logits)
     # built without a compressor, it cannot be switched to one
     model.config.local_compressor = "resampler"
     with pytest.raises(ValueError, match="without a local compressor"):

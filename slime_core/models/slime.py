@@ -387,8 +387,9 @@ class SlimeModel(nn.Module):
         if model.sampler is not None:
             load_into(model.sampler, parts["sampler"], what=f"model.sampler of {folder!r}")
         elif parts["sampler"]:
-            raise CheckpointError(f"{folder!r} has model.sampler.* keys but the config runs "
-                                  "global-only (use_global_only / no mm_resampler_type)")
+            raise CheckpointError(f"{folder!r} has model.sampler.* keys but the config has "
+                                  "no local compressor (global-only: use_global_only / no "
+                                  "mm_resampler_type; or local_compressor 'none')")
         return model.eval()
 
 
