@@ -152,6 +152,24 @@ def test_seeds_read_back_finished_runs_and_summarise(runs, tmp_path):
     assert demo._finished(str(tmp_path / "seed_0"), 1, SCALE) is None
 
 
+def test_polarity_script_reads_a_finished_run(runs):
+    """scripts/demo_polarity.py on the tiny run: the shares of the shape's tokens kept per
+    stage, and SliME's score split into the question's words and the rest."""
+    import importlib.util
+    import re
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "demo_polarity.py")
+    spec = importlib.util.spec_from_file_location("demo_polarity", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run = str(runs[2] / "run0")
+    row = script.seed_row(run, 0)
+    assert re.fullmatch(r"\| 0 \|( \d+% \(\d+%\) / \d+\.\d% \|){4}", row), row
+    parts = script.parts_row(run, 0)
+    assert re.fullmatch(r"\| 0 \|( [+-]\d\.\d\d \|){4}", parts), parts
+    with pytest.raises(FileNotFoundError, match="is the run finished"):
+        script.seed_row(str(runs[2] / "nothing_here"), 0)
+
+
 def test_summary_differences_and_counts():
     def report(**acc):
         return {"variants": {k: {"variant": k, "visual_tokens": 1.0, "accuracy": a,
