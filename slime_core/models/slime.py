@@ -54,7 +54,7 @@ class SlimeConfig:
     local_compressor: str = "resampler"  # "none": every tile's patch tokens go uncompressed
     #                                 through mm_projector, as the global view's do (LLaVA-NeXT's
     #                                 AnyRes: the baseline SliME's compression is measured
-    #                                 against); the sampler is then unused
+    #                                 against); built so, the model has no sampler
     local_order: str = "raster"     # "raster" (mm_patch_merge_type spatial) or "tile" (flat)
     selection: str = "top_p"        # "top_p" (SliME), "top_k", "none" (keep every token), or
     #                                 "random" (top_k tokens blind to the text: an ablation)
