@@ -398,18 +398,19 @@ def recipes(steps, top_k):
     def iii(**sel):
         return _stage("III", "instruct", steps["III"], every, image_mode="both",
                       connector_expert=-1, **sel)
+
+    def iii_without_ii(**mode):
+        # a variant without a local compressor has no stage II: its instruction stage gets
+        # II's steps too, as many steps in all as SliME
+        return _stage("III", "instruct", steps["II"] + steps["III"],
+                      {"llm.body": LR_III, "connector": LR_III}, connector_expert=-1, **mode)
     return {
-        "global": [ia, ib, _stage("III", "instruct", steps["II"] + steps["III"],
-                                  {"llm.body": LR_III, "connector": LR_III}, image_mode="global",
-                                  connector_expert=-1)],
+        "global": [ia, ib, iii_without_ii(image_mode="global")],
         # LLaVA-NeXT's AnyRes, the baseline for SliME's "less is more": every tile's patch
         # tokens, uncompressed, through the connector aligned on the global view (SliME's Ia
-        # and Ib); it has no stage II, so like global only its instruction stage gets II's
-        # steps too: as many steps in all as SliME.
-        "patches": [ia, ib, _stage("III", "instruct", steps["II"] + steps["III"],
-                                   {"llm.body": LR_III, "connector": LR_III}, image_mode="both",
-                                   connector_expert=-1, selection="none",
-                                   local_compressor="none")],
+        # and Ib)
+        "patches": [ia, ib, iii_without_ii(image_mode="both", selection="none",
+                                           local_compressor="none")],
         "all_local": [ia, ib, ii, iii(selection="none")],
         "top_p": [ia, ib, ii, iii(selection="top_p")],
         "top_k": [ia, ib, ii, iii(selection="top_k", top_k=top_k)],
