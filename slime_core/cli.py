@@ -133,7 +133,7 @@ def _model_args(p):
     p.add_argument("--vision-tower", help="vision tower folder (overrides mm_vision_tower)")
     p.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint folder)")
     p.add_argument("--template", default=None,
-                   help="conversation template (plain, vicuna_v1, llama3, phi; default: the "
+                   help="conversation template (plain, vicuna_v1, llama3, phi, bare; default: the "
                         "one the checkpoint records, else vicuna_v1)")
 
 

@@ -30,9 +30,18 @@ The task: one small striped shape (and a digit) somewhere in a 1000-1600 px imag
 across, have the same mean colour whichever way they run, so the global view (the whole
 image in 56 px) cannot resolve them while a tile (3 times finer) can.
 
-SliME's stages are SLIME_SPEC section 6's Ia, Ib, II, III, with its conversation template
-for SliME-8B (llama3, no system turn). It starts from a pretrained CLIP and a pretrained
-LLM; the demo pretrains its own tiny stand-ins first and says so: stage 0 teaches the
+The questions are short ("What colour is the circle?", "the stripes on the green circle?")
+and go to the LLM in the "bare" template (the question, then the answer; no roles). SliME's
+selection scores each local token against every token of the prompt, template included:
+at a width of 96, a random direction's cosine summed over llama3's 19 prompt tokens has a
+spread of about 0.49 (sqrt(23/96), counting "the" twice), which outweighs what the
+question's two content words add to the shape's tokens (about 0.2, measured), while at
+Llama's width of 4096 the same sum spreads by 0.075. The short prompts' other tokens (BOS
+and "the stripes on the ... ?": 8 counting "the" twice; sqrt(8/96) = 0.29) drown the
+question's words less.
+
+SliME's stages are SLIME_SPEC section 6's Ia, Ib, II, III. SliME starts from a pretrained
+CLIP and a pretrained LLM; the demo pretrains its own tiny stand-ins first and says so: stage 0 teaches the
 vision tower, per patch, the colour, shape and stripes of what each patch holds (labels
 from objects.json), then freezes it; stage -1 teaches the LLM the dataset's language and
 to answer from a picture given as word vectors (pretrain_llm; its word vectors orthonormal
@@ -94,7 +103,8 @@ from slime_core.train.trainer import run_recipe
 # view, its stripes 2 px wide in a tile and 0.7 px in the global view.
 DATA = dict(seed=0, n_train=1600, n_val=300, image_width=(1000, 1600), aspect=(0.5, 0.8),
             detail_frac=0.07, shapes_per_cell=1, stripes=True, single=True,
-            question_types=("colour", "stripes"), questions_per_image=2, caption_cells=1)
+            question_types=("colour", "stripes"), questions_per_image=2, caption_cells=1,
+            short_questions=True)
 TILE, PATCH = 56, 7          # 8 x 8 patches a crop; SliME's planner gives 3 x 2 tiles here
 LOCAL_GRID = 4               # 16 compressed tokens a tile
 STEPS = dict(tower=450, llm=400, Ia=150, Ib=150, II=300, III=400)

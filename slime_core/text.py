@@ -316,6 +316,13 @@ register_template(Template(
     assistant="<|start_header_id|>assistant<|end_header_id|>\n\n",
     generation="<|start_header_id|>assistant<|end_header_id|>\n\n", answer_end="<|eot_id|>",
     required_tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")))
+# The fewest words around a question: the question, then the answer and "</s>" (no roles, no
+# system turn). For tiny LLMs trained from scratch, like the demo's: SliME's text-guided
+# selection scores each local token against every token of the prompt, template included,
+# and at a width of 96 a chat template's dozen tokens outweigh the question's own words.
+register_template(Template(
+    name="bare", system="", user="{content}\n", assistant="", generation="",
+    answer_end="</s>", required_tokens=("</s>",)))
 # TinyLLaVA Factory's PhiTemplate: Vicuna's layout with Phi-2's end of text.
 register_template(Template(
     name="phi", system=_VICUNA_SYSTEM + " ", user="USER: {content} ",

@@ -243,6 +243,45 @@ def test_builtin_stripes_run_the_way_the_answer_says(tmp_path):
         build_builtin(str(tmp_path / "x"), n_train=1, question_types=("stripes",), **SMALL)
 
 
+@pytest.mark.parametrize("single", [False, True])
+def test_builtin_short_questions_drop_only_words_that_name_nothing(tmp_path, single):
+    """short_questions changes the questions' wording and nothing else: the same images,
+    objects and answers; "in the picture" goes (single) and the stripes question becomes
+    "the stripes on the X?"; a named cell stays in the question."""
+    args = dict(seed=SEED, n_train=6, n_val=2, stripes=True, single=single,
+                shapes_per_cell=1, question_types=("colour", "shape", "digit", "stripes"),
+                questions_per_image=4, caption_cells=1, image_width=(600, 900),
+                aspect=(0.5, 0.8), detail_frac=0.05)
+    full = build_builtin(str(tmp_path / "full"), **args)
+    short = ensure_builtin(str(tmp_path / "short"), short_questions=True, **args)
+    a, b = tree_bytes(full.folder), tree_bytes(short.folder)
+    assert {k: v for k, v in a.items() if k.startswith("images")} == \
+        {k: v for k, v in b.items() if k.startswith("images")}
+    assert a["objects.json"] == b["objects.json"] and a["captions.json"] == b["captions.json"]
+    where = " in the picture" if single else None
+    n = 0
+    for path in ("train_json", "val_json"):
+        for long_r, short_r in zip(load(getattr(full, path)), load(getattr(short, path))):
+            (q0, a0), (q1, a1) = [[t["value"] for t in r["conversations"]]
+                                  for r in (long_r, short_r)]
+            assert a0 == a1 and {**long_r, "conversations": 0} == {**short_r, "conversations": 0}
+            if long_r["question_type"] == "stripes":
+                assert q0.startswith("<image>\nWhich way do the stripes on ") and \
+                    q1 == q0.replace("Which way do the", "the").replace(" run?", "?")
+            elif long_r["question_type"] == "digit" and where:
+                assert q1 == "<image>\nWhich digit?"
+            else:
+                assert q1 == (q0.replace(where, "") if where else q0)
+                assert single or long_r["position"] in q1
+            n += 1
+    assert n == 32
+    # the folder is rebuilt when the wording changes, and reused when it does not
+    assert ensure_builtin(str(tmp_path / "full"), short_questions=False, **args) == full
+    assert load(os.path.join(short.folder, bi.MANIFEST))["arguments"]["short_questions"]
+    ensure_builtin(str(tmp_path / "full"), short_questions=True, **args)
+    assert tree_bytes(full.folder)["val.json"] == b["val.json"]
+
+
 def test_builtin_tokenizer_matches_transformers(built, tok):
     transformers = pytest.importorskip("transformers")
     hf = transformers.PreTrainedTokenizerFast.from_pretrained(built.tokenizer_folder)
@@ -263,13 +302,18 @@ def test_builtin_answers_are_the_labels(built, tok):
     """Each QA record's labels are its answer (one token) and </s>; each caption's labels are
     the caption and the newline of the plain template."""
     for path, template in ((built.train_json, "vicuna_v1"), (built.val_json, "vicuna_v1"),
-                           (built.captions_json, "plain")):
+                           (built.captions_json, "plain"), (built.train_json, "bare")):
         for r in load(path):
             ids, labels = tokenize_conversation(tok, get_template(template), r["conversations"])
             assert ids.count(IMAGE_TOKEN_INDEX) == 1 and tok.unk_id not in ids
             kept = [t for t in labels if t != IGNORE_INDEX]
             answer = r["conversations"][1]["value"]
-            if template == "vicuna_v1":
+            if template == "bare":  # BOS, the image, the question, the answer, </s>: no roles
+                question = r["conversations"][0]["value"].replace("<image>", "")
+                assert ids == [tok.bos_id, IMAGE_TOKEN_INDEX,
+                               *tok.encode(question, add_special_tokens=False),
+                               tok.token_to_id(answer), tok.eos_id], r
+            if template in ("vicuna_v1", "bare"):
                 assert kept == [tok.token_to_id(answer), tok.eos_id], r
             else:
                 assert tok.decode(kept).split() == tok.decode(tok.encode(answer)).split()
@@ -279,7 +323,8 @@ def test_builtin_answers_are_the_labels(built, tok):
     (dict(n_train=0), ValueError), (dict(image_width=(300, 200)), ValueError),
     (dict(detail_frac=0.2), ValueError), (dict(aspect=(0.1, 1.0)), ValueError),
     (dict(question_types=("count",)), ValueError), (dict(shapes_per_cell=5), ValueError),
-    (dict(image_width=1000), TypeError), (dict(compress_level=10), ValueError)])
+    (dict(image_width=1000), TypeError), (dict(compress_level=10), ValueError),
+    (dict(short_questions=1), TypeError)])
 def test_builtin_rejects_bad_arguments(tmp_path, kwargs, error):
     with pytest.raises(error):
         build_builtin(str(tmp_path), **kwargs)

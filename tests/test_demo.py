@@ -80,7 +80,7 @@ def test_saved_model_answers_from_the_command_line(runs, capsys):
     prompt = q["conversations"][0]["value"].replace("<image>\n", "")
     # the template it was trained with is recorded, and generate/explain default to it
     config = json.loads((out / "slime" / "config.json").read_text())
-    assert config["slime_core_template"] == demo.DEMO_TEMPLATE == "llama3"
+    assert config["slime_core_template"] == demo.DEMO_TEMPLATE == "bare"
     assert cli.main(["generate", str(out / "slime"), image, prompt, "--max-new-tokens",
                      "3"]) == 0
     # a 24-image model may answer with the end of answer at once: only the run is checked

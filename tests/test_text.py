@@ -227,7 +227,7 @@ def test_folder_errors(tmp_path, folders):
 
 # ---- templates ------------------------------------------------------------------------------
 def test_registry():
-    assert template_names() == ["llama3", "phi", "plain", "vicuna_v1"]
+    assert template_names() == ["bare", "llama3", "phi", "plain", "vicuna_v1"]
     with pytest.raises(ValueError, match="unknown template 'vicuna'"):
         get_template("vicuna")
     with pytest.raises(ValueError, match="already registered"):
@@ -235,8 +235,8 @@ def test_registry():
     with pytest.raises(ValueError, match="must be a prefix"):
         Template(name="t", system="", user="{content}", assistant="A: ", generation="B:",
                  answer_end="\n")
-    assert [get_template(n).stop for n in ("vicuna_v1", "llama3", "phi", "plain")] == \
-        ["</s>", "<|eot_id|>", "<|endoftext|>", "\n"]
+    assert [get_template(n).stop for n in ("vicuna_v1", "llama3", "phi", "plain", "bare")] == \
+        ["</s>", "<|eot_id|>", "<|endoftext|>", "\n", "</s>"]
 
 
 @pytest.mark.parametrize("turns", [1, 3])

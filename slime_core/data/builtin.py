@@ -79,11 +79,12 @@ STRIPES = ("horizontal", "vertical", "diagonal")
 STRIPES_TYPE = "stripes"  # "Which way do the stripes on the red square run?": stripes=True
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>"}
-# The demo's instruction template: SliME-8B's, which has no system turn, so the text-guided
-# selection reads the question rather than 40 words of system prompt (captions.json is for
-# "plain"). The tokenizer knows vicuna_v1's words too.
-DEMO_TEMPLATE = "llama3"
-TEMPLATES = ("vicuna_v1", "llama3", "plain")  # what the tokenizer is trained to serve
+# The instruction template of the built-in data (captions.json is for "plain"): "bare", the
+# question alone with no roles, so that the text-guided selection of a tiny LLM reads the
+# question's words rather than a chat template's (see slime_core.demo). The tokenizer knows
+# vicuna_v1's and llama3's strings too.
+DEMO_TEMPLATE = "bare"
+TEMPLATES = ("vicuna_v1", "llama3", "plain", "bare")  # what the tokenizer is trained to serve
 MANIFEST = "builtin.json"  # the arguments a folder was built with; written last
 _FORMAT = 4  # bump when the same arguments would give other files
 
@@ -289,23 +290,26 @@ def _render_job(job):
     _render(*job)
 
 
-def _question(rng, cell, question_type):
+def _question(rng, cell, question_type, short=False):
+    # short: without the words that name nothing (see build_builtin's short_questions)
     position = cell["position"]
+    where = "" if short and position == SINGLE_POSITION else f" in the {position}"
     if question_type == "colour":
         k = rng.randrange(len(cell["shapes"]))
-        return f"What colour is the {cell['shapes'][k]} in the {position}?", cell["colours"][k]
+        return f"What colour is the {cell['shapes'][k]}{where}?", cell["colours"][k]
     if question_type == "shape":
         k = rng.randrange(len(cell["shapes"]))
-        return f"Which shape is {cell['colours'][k]} in the {position}?", cell["shapes"][k]
+        return f"Which shape is {cell['colours'][k]}{where}?", cell["shapes"][k]
     if question_type == "dot":
         k = rng.randrange(len(cell["shapes"]))
         return (f"What colour is the dot on the {cell['colours'][k]} {cell['shapes'][k]}?",
                 cell["dot_colours"][k])
     if question_type == STRIPES_TYPE:
         k = rng.randrange(len(cell["shapes"]))
-        return (f"Which way do the stripes on the {cell['colours'][k]} {cell['shapes'][k]} "
-                "run?", cell["stripes"][k])
-    return f"Which digit is in the {position}?", cell["digit"]
+        thing = f"the {cell['colours'][k]} {cell['shapes'][k]}"
+        return (f"the stripes on {thing}?" if short else
+                f"Which way do the stripes on {thing} run?"), cell["stripes"][k]
+    return (f"Which digit is{where}?" if where else "Which digit?"), cell["digit"]
 
 
 def _describe(cell):
@@ -319,12 +323,12 @@ def _describe(cell):
 
 
 def _records(scene, image, rng, questions_per_image, question_types, caption_cells, split,
-             index):
+             index, short=False):
     qa = []
     for q in range(questions_per_image):
         cell = rng.choice(scene["cells"])
         question_type = rng.choice(question_types)
-        question, answer = _question(rng, cell, question_type)
+        question, answer = _question(rng, cell, question_type, short)
         qa.append({"id": f"{split}_{index:06d}_{q}", "image": image,
                    "question_type": question_type, "position": cell["position"],
                    "box": cell["box"],
@@ -387,7 +391,8 @@ def _write_json(path, records):
 def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 2000),
                   aspect=(0.5, 0.8), detail_frac=0.02, jitter=0.25, shapes_per_cell=3,
                   questions_per_image=2, question_types=QUESTION_TYPES, caption_cells=3,
-                  compress_level=1, dots=False, single=False, stripes=False, workers=0):
+                  compress_level=1, dots=False, single=False, stripes=False,
+                  short_questions=False, workers=0):
     """Write the built-in dataset into `folder` (created if missing; files there are
     overwritten) and return its BuiltinPaths.
 
@@ -420,6 +425,12 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                          image a different (shape, colour) pair, captions name the stripes,
                          and question type "stripes" asks for them: "Which way do the
                          stripes on the red square run?"
+    short_questions:     questions without the words that name nothing: no "in the picture"
+                         with single=True ("What colour is the square?", "Which digit?"),
+                         and the stripes question as "the stripes on the red square?". The
+                         text-guided selection scores a token against every word of the
+                         prompt, so a tiny LLM's selection reads a long question's filler
+                         words more than its two content words (see slime_core.demo)
     compress_level:      PNG zlib level (1: fast, files ~30 KB since most pixels are flat)
     workers:             processes drawing the images (0: this one); no effect on the bytes
     """
@@ -437,7 +448,8 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     if not 0 <= jitter <= 0.5:
         raise ValueError(f"jitter must be in [0, 0.5], got {jitter}")
     _check_count("shapes_per_cell", shapes_per_cell, 1)
-    for name, flag in (("dots", dots), ("single", single), ("stripes", stripes)):
+    for name, flag in (("dots", dots), ("single", single), ("stripes", stripes),
+                       ("short_questions", short_questions)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if (dots or stripes) and shapes_per_cell > 3:
@@ -489,7 +501,7 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
             rng.setstate(scene.pop("rng_state"))
             name = f"{split}_{i:06d}.png"
             qa, caption = _records(scene, name, rng, questions_per_image, question_types,
-                                   caption_cells, split, i)
+                                   caption_cells, split, i, short_questions)
             splits[split] += qa
             objects[name] = {"width": scene["width"], "height": scene["height"],
                              "objects": _objects(scene)}
@@ -515,13 +527,13 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     _write_json(manifest, {"format": _FORMAT, "arguments": _arguments(
         seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
         questions_per_image, question_types, caption_cells, compress_level, dots, single,
-        stripes)})
+        stripes, short_questions)})
     return paths
 
 
 def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
                questions_per_image, question_types, caption_cells, compress_level, dots,
-               single, stripes=False):
+               single, stripes=False, short_questions=False):
     """What the files depend on (workers does not), as JSON would read it back."""
     return json.loads(json.dumps(dict(
         seed=seed, n_train=n_train, n_val=n_val, image_width=list(image_width),
@@ -530,7 +542,8 @@ def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, s
         questions_per_image=questions_per_image, question_types=list(question_types),
         caption_cells=caption_cells, compress_level=compress_level,
         **({"dots": True} if dots else {}), **({"single": True} if single else {}),
-        **({"stripes": True} if stripes else {}))))
+        **({"stripes": True} if stripes else {}),
+        **({"short_questions": True} if short_questions else {}))))
 
 
 def ensure_builtin(folder, **kwargs):
