@@ -656,9 +656,9 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     for f in os.listdir(paths.tokenizer_folder):
         shutil.copy(os.path.join(paths.tokenizer_folder, f), final)
     q = next((q for q in questions if q["question_type"] == "stripes"), questions[0])
-    kept, n_local = _explain(slime, tok, proc, os.path.join(paths.image_folder, q["image"]),
-                             q["question"].replace("<image>\n", ""),
-                             os.path.join(out, "explain.png"))
+    q_image, q_text = os.path.join(paths.image_folder, q["image"]), q["question"].replace(
+        "<image>\n", "")
+    kept, n_local = _explain(slime, tok, proc, q_image, q_text, os.path.join(out, "explain.png"))
     series = {}
     for name in LABELS:
         for stage in plan[name]:
@@ -681,8 +681,7 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     say("")
     say(table)
     say(f"\n[demo] {times['total']:.0f} s in all; wrote {out}/results.md, loss.png, "
-        "explain.png, slime/ (try: slime generate " + final + " IMAGE 'Which way do the "
-        "stripes on the red square run?')")
+        f"explain.png, slime/ (try: slime generate {final} {q_image} '{q_text}')")
     return report
 
 
