@@ -41,9 +41,9 @@ and "the stripes on the ... ?": 8 counting "the" twice; sqrt(8/96) = 0.29) drown
 question's words less.
 
 SliME's stages are SLIME_SPEC section 6's Ia, Ib, II, III. SliME starts from a pretrained
-CLIP and a pretrained LLM; the demo pretrains its own tiny stand-ins first and says so: stage 0 teaches the
-vision tower, per patch, the colour, shape and stripes of what each patch holds (labels
-from objects.json), then freezes it; stage -1 teaches the LLM the dataset's language and
+CLIP and a pretrained LLM; the demo pretrains its own tiny stand-ins first and says so:
+stage 0 teaches the vision tower, per patch, the colour, shape and stripes of what each
+patch holds (labels from objects.json), then freezes it; stage -1 teaches the LLM the dataset's language and
 to answer from a picture given as word vectors (pretrain_llm; its word vectors orthonormal
 and fixed). Stages Ia, Ib and II then train the connector alone against the frozen LLM, and
 stage III trains the LLM with it at a lower rate, as SliME does, but not the word vectors
