@@ -143,6 +143,8 @@ def _dist(out_dir):
             json.dump(results, f)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    # tells a failure at interpreter exit (gloo's threads) from one in training
+    print(f"[dist] rank {rank}: trained, process group destroyed", flush=True)
 
 
 def cli_data(n=16):
