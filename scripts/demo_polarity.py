@@ -21,6 +21,7 @@ gets from the question's words, the selection keeps empty tiles.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import os
 
@@ -61,8 +62,9 @@ def seed_row(run_dir, seed):
     return f"| {seed} | " + " | ".join(cells) + " |"
 
 
-def _load(run_dir, seed, variant, stage):
-    path = last_checkpoint(os.path.join(run_dir, "variants", variant, stage))
+@functools.lru_cache(maxsize=1)
+def _data(run_dir):
+    # one seed's data for all its stages: its images are resized once, not once a stage
     data = os.path.join(run_dir, "data")
     tok = Tokenizer.from_folder(os.path.join(data, "tokenizer"))
     proc = ImageProcessor(tile_size=demo.TILE)
@@ -70,6 +72,12 @@ def _load(run_dir, seed, variant, stage):
                        DEMO_TEMPLATE, proc, prompt=True, cache_images={})
     with open(os.path.join(data, "objects.json"), encoding="utf-8") as f:
         scenes = json.load(f)
+    return tok, proc, val, scenes
+
+
+def _load(run_dir, seed, variant, stage):
+    path = last_checkpoint(os.path.join(run_dir, "variants", variant, stage))
+    tok, proc, val, scenes = _data(run_dir)
     model = demo.build_model(tok.max_id + 1, tok.token_to_id(","), seed=seed)
     load_into(model, load_safetensors(path), what=path)
     return tok, proc, val, scenes, model.eval()
