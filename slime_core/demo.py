@@ -104,7 +104,7 @@ from slime_core.train.trainer import run_recipe
 DATA = dict(seed=0, n_train=1600, n_val=300, image_width=(1000, 1600), aspect=(0.5, 0.8),
             detail_frac=0.07, shapes_per_cell=1, stripes=True, single=True,
             question_types=("colour", "stripes"), questions_per_image=2, caption_cells=1,
-            short_questions=True)
+            short_questions=True, caption_details=False)
 TILE, PATCH = 56, 7          # 8 x 8 patches a crop; SliME's planner gives 3 x 2 tiles here
 LOCAL_GRID = 4               # 16 compressed tokens a tile
 STEPS = dict(tower=450, llm=400, Ia=150, Ib=150, II=300, III=400)
@@ -261,24 +261,34 @@ def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, 
     return losses
 
 
+def _object_words(o):
+    # what an object is, in the dataset's words: colour, shape, its details, its digit
+    return [o["colour"], o["shape"], *(o[k] for k in ("stripes", "dot_colour") if k in o),
+            o["digit"]]
+
+
 def text_stand_ins(paths, tokenizer, bag=True):
     """The training set as text alone: every caption and instruction record tokenized as
     the trainer tokenizes it, split at the image placeholder, with what goes in the
-    picture's place. bag: the picture's content words (its caption's colour, shape, stripes
-    and digit words, which pretrain_llm lays out as an object among fillers); otherwise the
-    caption's ids in order. Returns [(before, words, after)]: (ids, labels) int64 tensor
-    pairs before and after the picture, and the picture's word ids (a list)."""
-    from slime_core.data.builtin import DIGITS
+    picture's place. bag: what the picture holds, one list of word ids per object (its
+    colour, shape, stripes or dot and digit, from objects.json: all of it, whatever the
+    captions leave out, as a pretrained LLM knows words the alignment captions never use),
+    which pretrain_llm lays out among fillers; otherwise the caption's ids in order.
+    Returns [(before, picture, after)]: (ids, labels) int64 tensor pairs before and after
+    the picture, and the picture (bag: a list of id lists; otherwise a list of ids)."""
     from slime_core.text import IMAGE_TOKEN_INDEX, tokenize_conversation
     with open(paths.captions_json, encoding="utf-8") as f:
         captions = json.load(f)
     with open(paths.train_json, encoding="utf-8") as f:
         instruct = json.load(f)
-    content = {tokenizer.token_to_id(w) for w in (*COLOURS, *SHAPES, *STRIPES, *DIGITS)}
-    words = {}
-    for r in captions:
-        ids = tokenizer.encode(r["conversations"][1]["value"], add_special_tokens=False)
-        words[r["image"]] = [i for i in ids if i in content] if bag else ids
+    if bag:
+        with open(paths.objects_json, encoding="utf-8") as f:
+            scenes = json.load(f)
+        words = {image: [[tokenizer.token_to_id(w) for w in _object_words(o)]
+                         for o in scene["objects"]] for image, scene in scenes.items()}
+    else:
+        words = {r["image"]: tokenizer.encode(r["conversations"][1]["value"],
+                                              add_special_tokens=False) for r in captions}
     out = []
     for template, records in (("plain", captions), (DEMO_TEMPLATE, instruct)):
         for r in records:
@@ -294,10 +304,10 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
                  bag=True, orthogonal=True, noise=0.5):
     """Stage -1, the demo's stand-in for a pretrained LLM: the decoder learns the dataset's
     language and to answer from a picture given in its own embedding space. With bag, the
-    picture's place holds FILL fillers (<unk>) and, at 1 to 4 random places among them,
-    one vector holding all of the object's words (their embeddings summed, over the square
-    root of their count), as an object lies in a few of an image's tokens that each hold
-    all of it. That is what a large LLM brings to SliME and a tiny one trained for a minute
+    picture's place holds FILL fillers (<unk>) and, for each object it holds (text_stand_ins),
+    at 1 to 4 random places among them, one vector holding all of the object's words (their
+    embeddings summed, over the square root of their count), as an object lies in a few of
+    an image's tokens that each hold all of it. That is what a large LLM brings to SliME and a tiny one trained for a minute
     lacks: word vectors that can be mixed and still read, and a habit of skipping what
     says nothing. Stages I and II then keep it frozen and teach the connector to speak to
     it, as they do with Vicuna. Without bag: the caption's words in order.
@@ -332,15 +342,16 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
         pick = torch.randint(len(records), (batch,), generator=g).tolist()
         rows, objects = [], []
         for i in pick:
-            (ids0, lab0), words, (ids1, lab1) = records[i]
-            w = torch.tensor(words, dtype=torch.int64)
+            (ids0, lab0), picture, (ids1, lab1) = records[i]
             spots = []
-            if bag:  # the picture: fillers, and the object's vector at 1 to 4 places
+            if bag:  # the picture: fillers, and each object's vector at 1 to 4 places
                 n = int(torch.randint(FILL[0], FILL[1] + 1, (1,), generator=g))
-                k = int(torch.randint(1, 5, (1,), generator=g))
-                spots = (len(ids0) + torch.randperm(n + k, generator=g)[:k]).tolist()
-                objects.append(w)
-                w = torch.full((n + k,), filler, dtype=torch.int64)
+                ks = [int(torch.randint(1, 5, (1,), generator=g)) for _ in picture]
+                spots = (len(ids0) + torch.randperm(n + sum(ks), generator=g)[:sum(ks)]).tolist()
+                objects.append([w for w, k in zip(picture, ks) for _ in range(k)])
+                w = torch.full((n + sum(ks),), filler, dtype=torch.int64)
+            else:
+                w = torch.tensor(picture, dtype=torch.int64)
             rows.append((torch.cat([ids0, w, ids1]),
                          torch.cat([lab0, torch.full_like(w, IGNORE_INDEX), lab1]), spots,
                          (len(ids0), len(ids0) + len(w))))
@@ -356,8 +367,8 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
         if bag:
             table = llm.embed_tokens.weight
             embeds = torch.stack([
-                embeds[b].index_put((torch.tensor(spots, dtype=torch.int64),),
-                                    table[objects[b]].sum(0) / len(objects[b]) ** 0.5)
+                embeds[b].index_put((torch.tensor(spots, dtype=torch.int64),), torch.stack(
+                    [table[o].sum(0) / len(o) ** 0.5 for o in objects[b]]))
                 if spots else embeds[b] for b, (_, _, spots, _) in enumerate(rows)])
             if noise:  # on the picture's places only, fillers and object alike
                 picture = torch.zeros(batch, T, 1)

@@ -7,7 +7,8 @@
     paths.captions_json                  # caption pairs for the alignment stages ("plain")
     paths.image_folder                   # the PNGs (image paths in the JSON are relative to it)
     paths.tokenizer_folder               # tokenizer.json + tokenizer_config.json, trained here
-    paths.objects_json                   # every image's shapes (and dots): names and boxes
+    paths.objects_json                   # every image's shapes (and dots): names, boxes and
+                                         # the digit beside them
 
 Each image (1000 to 2000 px wide by default) is cut into a 3 x 3 grid of named cells ("top
 left", ..., "centre", ..., "bottom right"). Every cell holds one cluster: `shapes_per_cell`
@@ -86,7 +87,7 @@ SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
 DEMO_TEMPLATE = "bare"
 TEMPLATES = ("vicuna_v1", "llama3", "plain", "bare")  # what the tokenizer is trained to serve
 MANIFEST = "builtin.json"  # the arguments a folder was built with; written last
-_FORMAT = 4  # bump when the same arguments would give other files
+_FORMAT = 5  # bump when the same arguments would give other files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,12 +253,13 @@ def _dot_box(x, y, side, d):
 
 def _objects(scene):
     """What is where in a scene, in pixels (boxes x0, y0, x1, y1, end exclusive): one entry
-    per shape with its name, colour name, box, and with dots its dot's colour and box."""
+    per shape with its name, colour name, box, the digit of its cluster, and with dots its
+    dot's colour and box, with stripes their way."""
     out = []
     for cell in scene["cells"]:
         for k, (shape, _, side, x, y, dot, way) in enumerate(cell["objects"]):
             o = {"position": cell["position"], "shape": shape, "colour": cell["colours"][k],
-                 "box": [x, y, x + side, y + side]}
+                 "box": [x, y, x + side, y + side], "digit": cell["digit"]}
             if dot is not None:
                 o["dot_colour"] = cell["dot_colours"][k]
                 o["dot_box"] = _dot_box(x, y, side, dot[1])
@@ -312,18 +314,18 @@ def _question(rng, cell, question_type, short=False):
     return (f"Which digit is{where}?" if where else "Which digit?"), cell["digit"]
 
 
-def _describe(cell):
+def _describe(cell, details=True):
     parts = [f"{c} {s}" for s, c in zip(cell["shapes"], cell["colours"])]
-    if cell["dot_colours"]:
+    if details and cell["dot_colours"]:
         parts = [f"{p} with {'an' if d[0] in 'aeiou' else 'a'} {d} dot"
                  for p, d in zip(parts, cell["dot_colours"])]
-    if cell["stripes"]:
+    if details and cell["stripes"]:
         parts = [f"{p} with {w} stripes" for p, w in zip(parts, cell["stripes"])]
     return f"{cell['position']}: " + ", ".join(parts) + f", digit {cell['digit']}."
 
 
 def _records(scene, image, rng, questions_per_image, question_types, caption_cells, split,
-             index, short=False):
+             index, short=False, details=True):
     qa = []
     for q in range(questions_per_image):
         cell = rng.choice(scene["cells"])
@@ -340,7 +342,7 @@ def _records(scene, image, rng, questions_per_image, question_types, caption_cel
     caption = {"id": f"{split}_{index:06d}_caption", "image": image,
                "conversations": [
                    {"from": "human", "value": IMAGE_PLACEHOLDER},
-                   {"from": "gpt", "value": " ".join(_describe(scene["cells"][k])
+                   {"from": "gpt", "value": " ".join(_describe(scene["cells"][k], details)
                                                      for k in cells)}]}
     return qa, caption
 
@@ -392,7 +394,7 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                   aspect=(0.5, 0.8), detail_frac=0.02, jitter=0.25, shapes_per_cell=3,
                   questions_per_image=2, question_types=QUESTION_TYPES, caption_cells=3,
                   compress_level=1, dots=False, single=False, stripes=False,
-                  short_questions=False, workers=0):
+                  short_questions=False, caption_details=True, workers=0):
     """Write the built-in dataset into `folder` (created if missing; files there are
     overwritten) and return its BuiltinPaths.
 
@@ -413,8 +415,8 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     dots:                a dot of another colour on every shape (a third of its side, 0.7 px
                          in the global view at the demo's sizes), every object of an image a
                          different (shape, colour) pair (shapes_per_cell at most 3), captions
-                         name the dots, and question type "dot" asks for one: "What colour is
-                         the dot on the red square?" (the demo's task, see slime_core.demo)
+                         name the dots (see caption_details), and question type "dot" asks
+                         for one: "What colour is the dot on the red square?"
     single:              one cluster per image, anywhere in it, instead of one per cell of
                          the 3 x 3 grid; questions name its place "the picture" (and
                          captions describe it so): what to answer is at an unknown place in
@@ -422,15 +424,20 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     stripes:             every shape striped, its colour and white in three periods across,
                          running one of STRIPES' ways (the same mean colour whichever way,
                          so the global view cannot tell them apart); every object of an
-                         image a different (shape, colour) pair, captions name the stripes,
-                         and question type "stripes" asks for them: "Which way do the
-                         stripes on the red square run?"
+                         image a different (shape, colour) pair, captions name the stripes
+                         (see caption_details), and question type "stripes" asks for them:
+                         "Which way do the stripes on the red square run?" (the demo's task,
+                         see slime_core.demo)
     short_questions:     questions without the words that name nothing: no "in the picture"
                          with single=True ("What colour is the square?", "Which digit?"),
                          and the stripes question as "the stripes on the red square?". The
                          text-guided selection scores a token against every word of the
                          prompt, so a tiny LLM's selection reads a long question's filler
                          words more than its two content words (see slime_core.demo)
+    caption_details:     captions name the dots and stripes (with dots or stripes); False:
+                         the shapes, colours and digits only, "picture: red cross, digit
+                         5.", as LLaVA-558K's captions, which SliME's alignment stages
+                         train on, describe a whole picture and seldom its small details
     compress_level:      PNG zlib level (1: fast, files ~30 KB since most pixels are flat)
     workers:             processes drawing the images (0: this one); no effect on the bytes
     """
@@ -449,7 +456,8 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
         raise ValueError(f"jitter must be in [0, 0.5], got {jitter}")
     _check_count("shapes_per_cell", shapes_per_cell, 1)
     for name, flag in (("dots", dots), ("single", single), ("stripes", stripes),
-                       ("short_questions", short_questions)):
+                       ("short_questions", short_questions),
+                       ("caption_details", caption_details)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if (dots or stripes) and shapes_per_cell > 3:
@@ -501,7 +509,8 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
             rng.setstate(scene.pop("rng_state"))
             name = f"{split}_{i:06d}.png"
             qa, caption = _records(scene, name, rng, questions_per_image, question_types,
-                                   caption_cells, split, i, short_questions)
+                                   caption_cells, split, i, short_questions,
+                                   caption_details)
             splits[split] += qa
             objects[name] = {"width": scene["width"], "height": scene["height"],
                              "objects": _objects(scene)}
@@ -527,13 +536,13 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     _write_json(manifest, {"format": _FORMAT, "arguments": _arguments(
         seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
         questions_per_image, question_types, caption_cells, compress_level, dots, single,
-        stripes, short_questions)})
+        stripes, short_questions, caption_details)})
     return paths
 
 
 def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
                questions_per_image, question_types, caption_cells, compress_level, dots,
-               single, stripes=False, short_questions=False):
+               single, stripes=False, short_questions=False, caption_details=True):
     """What the files depend on (workers does not), as JSON would read it back."""
     return json.loads(json.dumps(dict(
         seed=seed, n_train=n_train, n_val=n_val, image_width=list(image_width),
@@ -543,7 +552,8 @@ def _arguments(seed, n_train, n_val, image_width, aspect, detail_frac, jitter, s
         caption_cells=caption_cells, compress_level=compress_level,
         **({"dots": True} if dots else {}), **({"single": True} if single else {}),
         **({"stripes": True} if stripes else {}),
-        **({"short_questions": True} if short_questions else {}))))
+        **({"short_questions": True} if short_questions else {}),
+        **({} if caption_details else {"caption_details": False}))))
 
 
 def ensure_builtin(folder, **kwargs):
