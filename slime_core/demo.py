@@ -284,8 +284,11 @@ def text_stand_ins(paths, tokenizer, bag=True):
     if bag:
         with open(paths.objects_json, encoding="utf-8") as f:
             scenes = json.load(f)
-        words = {image: [[tokenizer.token_to_id(w) for w in _object_words(o)]
-                         for o in scene["objects"]] for image, scene in scenes.items()}
+        # a word the dataset's text never uses has no id (the tokenizer is trained on that
+        # text), and no question can ask for it: left out
+        words = {image: [[i for i in map(tokenizer.token_to_id, _object_words(o))
+                          if i is not None] for o in scene["objects"]]
+                 for image, scene in scenes.items()}
     else:
         words = {r["image"]: tokenizer.encode(r["conversations"][1]["value"],
                                               add_special_tokens=False) for r in captions}

@@ -243,6 +243,43 @@ def test_builtin_stripes_run_the_way_the_answer_says(tmp_path):
         build_builtin(str(tmp_path / "x"), n_train=1, question_types=("stripes",), **SMALL)
 
 
+def test_builtin_caption_details_false_leaves_only_the_captions_details_out(tmp_path):
+    """caption_details=False: the same images, questions and objects; each caption names its
+    cells' shapes, colours and digits (objects.json's) and no dot or stripes; the manifest
+    says so, and ensure_builtin rebuilds when it changes."""
+    args = dict(seed=SEED, n_train=5, n_val=2, dots=True, stripes=True, shapes_per_cell=2,
+                caption_cells=2, **dict(SMALL, image_width=(300, 500)))
+    full = build_builtin(str(tmp_path / "full"), **args)
+    whole = ensure_builtin(str(tmp_path / "whole"), caption_details=False, **args)
+    a, b = tree_bytes(full.folder), tree_bytes(whole.folder)
+    differ = sorted(k for k in a if a[k] != b[k])
+    # the tokenizer loses the words only the detailed captions used ("with", "stripes"...)
+    assert [k for k in differ if not k.startswith("tokenizer")] == ["builtin.json",
+                                                                     "captions.json"]
+    assert load(os.path.join(whole.folder, "builtin.json"))["arguments"]["caption_details"] \
+        is False
+    assert "caption_details" not in load(os.path.join(full.folder, "builtin.json"))["arguments"]
+    scenes = load(whole.objects_json)
+    for detailed, short in zip(load(full.captions_json), load(whole.captions_json)):
+        text, brief = detailed["conversations"][1]["value"], short["conversations"][1]["value"]
+        assert " dot" not in brief and "stripes" not in brief and brief != text
+        cells = [c for c in brief.split(".") if c]
+        assert len(cells) == 2
+        for cell in cells:
+            position, rest = cell.strip().split(": ")
+            objects = [o for o in scenes[short["image"]]["objects"] if o["position"] == position]
+            assert rest == ", ".join(f"{o['colour']} {o['shape']}" for o in objects) + \
+                f", digit {objects[0]['digit']}", (SEED, brief)
+            for o in objects:  # the detailed caption names the same and the details
+                article = "an" if o["dot_colour"][0] in "aeiou" else "a"
+                assert (f"{o['colour']} {o['shape']} with {article} {o['dot_colour']} dot "
+                        f"with {o['stripes']} stripes") in text, text
+    stamp = os.path.getmtime(whole.captions_json)
+    os.utime(whole.captions_json, (stamp - 100, stamp - 100))
+    ensure_builtin(whole.folder, caption_details=True, **args)  # rebuilt: captions change
+    assert load(whole.captions_json) == load(full.captions_json)
+
+
 @pytest.mark.parametrize("single", [False, True])
 def test_builtin_short_questions_drop_only_words_that_name_nothing(tmp_path, single):
     """short_questions changes the questions' wording and nothing else: the same images,
@@ -324,7 +361,8 @@ def test_builtin_answers_are_the_labels(built, tok):
     (dict(detail_frac=0.2), ValueError), (dict(aspect=(0.1, 1.0)), ValueError),
     (dict(question_types=("count",)), ValueError), (dict(shapes_per_cell=5), ValueError),
     (dict(image_width=1000), TypeError), (dict(compress_level=10), ValueError),
-    (dict(short_questions=1), TypeError)])
+    (dict(short_questions=1), TypeError), (dict(caption_details="no"), TypeError),
+    (dict(stripes=True, image_width=(100, 200)), ValueError)])
 def test_builtin_rejects_bad_arguments(tmp_path, kwargs, error):
     with pytest.raises(error):
         build_builtin(str(tmp_path), **kwargs)

@@ -2,6 +2,7 @@
 files are written, the same seed gives the same table, and the saved SliME model loads and
 answers through the command line. The full-scale numbers are in the README (slime demo)."""
 import json
+import math
 import os
 
 import pytest
@@ -230,8 +231,9 @@ def test_object_cells_follow_the_box_onto_the_local_grid():
 
 def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
     """Stage -1's text: each record tokenized as the trainer does, split at the placeholder,
-    with the picture's content words (its caption's colour, shape, stripes and digit, no
-    loss on them) to go in its place among fillers; the loss falls."""
+    with what the picture holds (each object's colour, shape, stripes and digit from
+    objects.json, the stripes too though the captions leave them out; no loss on them) to
+    go in its place among fillers; the loss falls."""
     from slime_core.data import ensure_builtin
     from slime_core.text import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Tokenizer
     paths = ensure_builtin(str(tmp_path), **dict(demo.DATA, n_train=16, n_val=2))
@@ -240,14 +242,15 @@ def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
     captions = json.loads(open(paths.captions_json).read())
     train = json.loads(open(paths.train_json).read())
     assert len(records) == len(captions) + len(train)
-    (ids0, labels0), words, (ids1, labels1) = records[0]
+    (ids0, labels0), (words,), (ids1, labels1) = records[0]
     caption = captions[0]["conversations"][1]["value"]
     scene = json.loads(open(paths.objects_json).read())[captions[0]["image"]]
     (o,) = scene["objects"]
-    named = [w for w in tok.decode(words).split()]
-    assert {o["colour"], o["shape"], o["stripes"]} <= set(named) and len(named) == 4
-    assert all(w in caption.split() or w + "," in caption.split() or w + "." in caption
-               for w in named)
+    assert tok.decode(words).split() == [o["colour"], o["shape"], o["stripes"], o["digit"]]
+    assert caption == f"picture: {o['colour']} {o['shape']}, digit {o['digit']}."
+    # an instruction record on the same image gets the same picture
+    same = [r for r, t in zip(records[len(captions):], train) if t["image"] == captions[0]["image"]]
+    assert same and all(r[1] == [words] for r in same)
     for ids, labels in ((ids0, labels0), (ids1, labels1)):
         assert IMAGE_TOKEN_INDEX not in ids.tolist() and ids.shape == labels.shape
     # "plain": BOS before the picture, then the caption to generate, all of it labels
@@ -274,3 +277,43 @@ def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
                                            num_layers=1, num_heads=4, num_kv_heads=4))
     with pytest.raises(ValueError, match="vocab .* <= hidden size"):
         demo.pretrain_llm(wide, tok, paths, 1, batch=2)
+
+
+def test_llm_pretraining_lays_out_every_object_of_a_picture(tmp_path, monkeypatch):
+    """A picture of several objects (the 3 x 3 grid, two shapes a cell): one list of words
+    per object, and stage -1 puts each object's own vector at 1 to 4 places among the
+    fillers, the vectors of the picture's objects and nothing else."""
+    from slime_core.data import ensure_builtin
+    from slime_core.text import Tokenizer
+    paths = ensure_builtin(str(tmp_path), seed=1, n_train=3, n_val=1, image_width=(600, 800),
+                           detail_frac=0.03, shapes_per_cell=2, stripes=True,
+                           question_types=("stripes",), questions_per_image=1)
+    tok = Tokenizer.from_folder(paths.tokenizer_folder)
+    scenes = json.loads(open(paths.objects_json).read())
+    records = demo.text_stand_ins(paths, tok)
+    captions = json.loads(open(paths.captions_json).read())
+    picture = records[0][1]
+    # every word of every object, but those the dataset's text never uses
+    assert [tok.decode(w).split() for w in picture] == \
+        [[w for w in demo._object_words(o) if tok.token_to_id(w) is not None]
+         for o in scenes[captions[0]["image"]]["objects"]]
+    assert sum(map(len, picture)) > 3 * 18
+    assert len(picture) == 18
+    model = demo.build_model(tok.max_id + 1, tok.token_to_id(","))
+    seen = []
+    forward = model.llm.forward
+
+    def spy(*args, inputs_embeds=None, **kwargs):
+        seen.append(inputs_embeds.detach().clone())
+        return forward(*args, inputs_embeds=inputs_embeds, **kwargs)
+    monkeypatch.setattr(model.llm, "forward", spy)
+    losses = demo.pretrain_llm(model.llm, tok, paths, 2, batch=4, noise=0.0)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    table = model.llm.embed_tokens.weight.detach()
+    vector = {tuple(w): table[w].sum(0) / len(w) ** 0.5 for r in records for w in r[1]}
+    pictures = {tuple(map(tuple, r[1])) for r in records}
+    for row in seen[0]:  # the first step's rows, before any update
+        placed = [w for w, v in vector.items() for x in row if torch.equal(x, v)]
+        # one picture's objects, each at 1 to 4 places
+        assert any(set(placed) == set(p) and all(1 <= placed.count(w) <= 4 for w in p)
+                   for p in pictures), placed

@@ -464,6 +464,13 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
         raise ValueError("dots=True or stripes=True needs shapes_per_cell <= 3 (9 cells x 3 "
                          "objects of 28 (shape, colour) pairs, all different), got "
                          f"{shapes_per_cell}")
+    if stripes:
+        # three periods across need a band of at least a pixel: sides of 6 px and more
+        smallest = max(3, round(max(3, round(detail_frac * image_width[0])) * (1 - jitter)))
+        if smallest < 6:
+            raise ValueError(f"stripes=True needs shapes of at least 6 px, but detail_frac * "
+                             f"image_width[0] * (1 - jitter) gives {smallest} px: raise "
+                             "detail_frac or the smallest image width")
     if shapes_per_cell > len(SHAPES):
         raise ValueError(f"shapes_per_cell must be at most {len(SHAPES)}, got {shapes_per_cell}")
     # A cluster (shapes in slots of (1 + jitter) * size, half-size gaps, the digit, margins)
