@@ -45,11 +45,15 @@ CLIP and a pretrained LLM; the demo pretrains its own tiny stand-ins first and s
 stage 0 teaches the vision tower, per patch, the colour, shape and stripes of what each
 patch holds (labels from objects.json), then freezes it; stage -1 teaches the LLM the
 dataset's language and to answer from a picture given as word vectors (pretrain_llm; its
-word vectors orthonormal and fixed). Stages Ia, Ib and II then train the connector alone
-against the frozen LLM, and stage III trains the LLM with it at a lower rate, as SliME
-does, but not the word vectors the selection scores against. The other variants copy
-SliME's stages they share with it (Ia, Ib and II for all-local and top-k; Ia and Ib for
-global only and every local patch) rather than rerun them.
+word vectors orthonormal and fixed; the picture holds all of each object, stripes too).
+Stages Ia, Ib and II then train the connector alone against the frozen LLM on captions of
+the whole picture ("picture: red cross, digit 5.": its shape, colour and digit, not the
+stripes, as LLaVA-558K's captions, which SliME aligns on, describe whole pictures and
+seldom their small details), and stage III trains the LLM with it at a lower rate, as
+SliME does, but not the word vectors the selection scores against; the stripes are
+learned there, from the questions, as SliME learns detail from its instruction data.
+The other variants copy SliME's stages they share with it (Ia, Ib and II for all-local and
+top-k; Ia and Ib for global only and every local patch) rather than rerun them.
 
 The table also says, for each variant with local tokens, which share of the asked-about
 shape's local tokens the selection kept, beside the share of all local tokens it kept:
