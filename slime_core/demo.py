@@ -46,12 +46,13 @@ stage 0 teaches the vision tower, per patch, the colour, shape and stripes of wh
 patch holds (labels from objects.json), then freezes it; stage -1 teaches the LLM the
 dataset's language and to answer from a picture given as word vectors (pretrain_llm; its
 word vectors orthonormal and fixed; the picture holds all of each object, stripes too).
-Stages Ia, Ib and II then train the connector alone against the frozen LLM on captions of
-the whole picture ("picture: red cross, digit 5.": its shape, colour and digit, not the
-stripes, as LLaVA-558K's captions, which SliME aligns on, describe whole pictures and
-seldom their small details), and stage III trains the LLM with it at a lower rate, as
-SliME does, but not the word vectors the selection scores against; the stripes are
-learned there, from the questions, as SliME learns detail from its instruction data.
+Stages Ia, Ib and II then train the connector alone against the frozen LLM on the
+captions ("picture: red cross with vertical stripes, digit 5."), and stage III trains the
+LLM with it at a lower rate, as SliME does, but not the word vectors the selection scores
+against. The captions name the stripes, which LLaVA-558K's captions of whole pictures
+would not: with captions that leave them out (DATA's caption_details=False), the local
+compressor, aligned on captions alone in stage II, no longer learned to carry them, and
+SliME's accuracy fell on every seed tried (results in bench/results/, 2026-12-04).
 The other variants copy SliME's stages they share with it (Ia, Ib and II for all-local and
 top-k; Ia and Ib for global only and every local patch) rather than rerun them.
 
@@ -108,7 +109,7 @@ from slime_core.train.trainer import run_recipe
 DATA = dict(seed=0, n_train=1600, n_val=300, image_width=(1000, 1600), aspect=(0.5, 0.8),
             detail_frac=0.07, shapes_per_cell=1, stripes=True, single=True,
             question_types=("colour", "stripes"), questions_per_image=2, caption_cells=1,
-            short_questions=True, caption_details=False)
+            short_questions=True)
 TILE, PATCH = 56, 7          # 8 x 8 patches a crop; SliME's planner gives 3 x 2 tiles here
 LOCAL_GRID = 4               # 16 compressed tokens a tile
 STEPS = dict(tower=450, llm=400, Ia=150, Ib=150, II=300, III=400)

@@ -232,8 +232,8 @@ def test_object_cells_follow_the_box_onto_the_local_grid():
 def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
     """Stage -1's text: each record tokenized as the trainer does, split at the placeholder,
     with what the picture holds (each object's colour, shape, stripes and digit from
-    objects.json, the stripes too though the captions leave them out; no loss on them) to
-    go in its place among fillers; the loss falls."""
+    objects.json, whatever the captions say; no loss on them) to go in its place among
+    fillers; the loss falls."""
     from slime_core.data import ensure_builtin
     from slime_core.text import IGNORE_INDEX, IMAGE_TOKEN_INDEX, Tokenizer
     paths = ensure_builtin(str(tmp_path), **dict(demo.DATA, n_train=16, n_val=2))
@@ -247,10 +247,19 @@ def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
     scene = json.loads(open(paths.objects_json).read())[captions[0]["image"]]
     (o,) = scene["objects"]
     assert tok.decode(words).split() == [o["colour"], o["shape"], o["stripes"], o["digit"]]
-    assert caption == f"picture: {o['colour']} {o['shape']}, digit {o['digit']}."
+    assert caption == (f"picture: {o['colour']} {o['shape']} with {o['stripes']} stripes, "
+                       f"digit {o['digit']}.")
     # an instruction record on the same image gets the same picture
-    same = [r for r, t in zip(records[len(captions):], train) if t["image"] == captions[0]["image"]]
+    same = [r for r, t in zip(records[len(captions):], train)
+            if t["image"] == captions[0]["image"]]
     assert same and all(r[1] == [words] for r in same)
+    # captions that leave the stripes out (caption_details=False) leave the picture whole
+    brief = ensure_builtin(str(tmp_path / "brief"), **dict(demo.DATA, n_train=16, n_val=2,
+                                                          caption_details=False))
+    brief_tok = Tokenizer.from_folder(brief.tokenizer_folder)
+    assert "stripes" not in open(brief.captions_json).read()
+    assert [[brief_tok.decode(w) for w in r[1]] for r in demo.text_stand_ins(brief, brief_tok)] \
+        == [[tok.decode(w) for w in r[1]] for r in records]
     for ids, labels in ((ids0, labels0), (ids1, labels1)):
         assert IMAGE_TOKEN_INDEX not in ids.tolist() and ids.shape == labels.shape
     # "plain": BOS before the picture, then the caption to generate, all of it labels
