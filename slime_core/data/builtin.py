@@ -87,7 +87,7 @@ SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
 DEMO_TEMPLATE = "bare"
 TEMPLATES = ("vicuna_v1", "llama3", "plain", "bare")  # what the tokenizer is trained to serve
 MANIFEST = "builtin.json"  # the arguments a folder was built with; written last
-_FORMAT = 5  # bump when the same arguments would give other files
+_FORMAT = 6  # bump when the same arguments would give other files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,7 +344,9 @@ def _records(scene, image, rng, questions_per_image, question_types, caption_cel
                    {"from": "human", "value": IMAGE_PLACEHOLDER},
                    {"from": "gpt", "value": " ".join(_describe(scene["cells"][k], details)
                                                      for k in cells)}]}
-    return qa, caption
+    # The tokenizer learns the detailed form whatever the captions say (see build_builtin).
+    detailed = " ".join(_describe(scene["cells"][k]) for k in cells)
+    return qa, caption, detailed
 
 
 def _train_tokenizer(texts, folder):
@@ -507,7 +509,7 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
         os.remove(manifest)  # the folder is not a finished build until the end
     image_folder = _paths(folder).image_folder
     os.makedirs(image_folder, exist_ok=True)
-    jobs, splits, captions, objects = [], {"train": [], "val": []}, [], {}
+    jobs, splits, captions, caption_texts, objects = [], {"train": [], "val": []}, [], [], {}
     for split, count in (("train", n_train), ("val", n_val)):
         for i in range(count):
             scene = _scene(seed, split, i, tuple(image_width), tuple(aspect), detail_frac,
@@ -515,14 +517,15 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
             rng = random.Random()
             rng.setstate(scene.pop("rng_state"))
             name = f"{split}_{i:06d}.png"
-            qa, caption = _records(scene, name, rng, questions_per_image, question_types,
-                                   caption_cells, split, i, short_questions,
-                                   caption_details)
+            qa, caption, detailed = _records(scene, name, rng, questions_per_image,
+                                             question_types, caption_cells, split, i,
+                                             short_questions, caption_details)
             splits[split] += qa
             objects[name] = {"width": scene["width"], "height": scene["height"],
                              "objects": _objects(scene)}
             if split == "train":
                 captions.append(caption)
+                caption_texts += [" ", detailed]
             jobs.append((scene, os.path.join(image_folder, name), compress_level))
     if workers:
         with multiprocessing.Pool(workers) as pool:
@@ -536,9 +539,14 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     _write_json(paths.val_json, splits["val"])
     _write_json(paths.captions_json, captions)
     _write_json(paths.objects_json, objects)
+    # The captions enter in their detailed form (their words and counts) even with
+    # caption_details=False, so that the token ids, which the trainer orders by frequency,
+    # do not depend on which form the captions take: the two designs then differ in what
+    # the captions say and in nothing else.
     texts = _template_texts() + [turn["value"].replace(IMAGE_PLACEHOLDER, " ")
-                                 for records in (splits["train"], splits["val"], captions)
+                                 for records in (splits["train"], splits["val"])
                                  for r in records for turn in r["conversations"]]
+    texts += caption_texts
     _train_tokenizer(texts, paths.tokenizer_folder)
     _write_json(manifest, {"format": _FORMAT, "arguments": _arguments(
         seed, n_train, n_val, image_width, aspect, detail_frac, jitter, shapes_per_cell,
