@@ -5,9 +5,11 @@
 #     bash scripts/gpu_check.sh [OUT_DIR]        (default: $OUT, else bench/results/gpu-<date>)
 #
 # Steps, each logged to OUT_DIR: build the CUDA extension in place (no pip, nothing fetched),
-# print the build info, run the whole test suite (CUDA cases included), run the benchmarks on
-# the GPU, run compute-sanitizer memcheck and racecheck on small cases of every kernel, then
-# print a summary table (also written to OUT_DIR/summary.md). Budget: under 10 minutes.
+# print the build info and the toolchain, check that the C++ checks' errors reach Python (if
+# not: a backtrace and rebuilds with other settings, see cpp_errors below), run the whole test
+# suite (CUDA cases included), run the benchmarks on the GPU, run compute-sanitizer memcheck
+# and racecheck on small cases of every kernel, then print a summary table (also written to
+# OUT_DIR/summary.md). Budget: under 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-bench/results/gpu-$(date +%F)}}
@@ -40,8 +42,58 @@ step "build CUDA extension" "$setup_log" env SLIME_CUDA=1 MAX_JOBS=$(nproc) \
 built=$?
 step "build info" "$setup_log" $PY -m slime_core.info
 
+toolchain() {  # which compilers and runtime libraries the extension met
+  echo "CXX=${CXX:-} CC=${CC:-}; c++ is $(command -v "${CXX:-c++}")"
+  "${CXX:-c++}" --version | head -n 1
+  echo "objects' compilers (readelf .comment):"
+  readelf -p .comment slime_core/_C*.so | sed -n 's/^ *\[ *[0-9a-f]*\] *//p' | sort -u
+  echo "linked (ldd):"
+  ldd slime_core/_C*.so | grep -E "stdc|gcc_s|gomp|cudart|libc\.so"
+  echo "loaded after import (/proc/self/maps):"
+  $PY -c "import slime_core; print(open('/proc/self/maps').read())" |
+    grep -oE '/[^ ]*(stdc\+\+|gcc_s|gomp)[^ ]*' | sort -u
+}
+
+CANARY=tests/test_build.py::test_cpp_errors_reach_python_as_exceptions
+canary() { $PY -m pytest -q -p no:cacheprovider "$CANARY"; }
+
+cpp_errors() {  # the canary failed: say where it dies and which build settings avoid it
+  if command -v cuda-gdb >/dev/null; then
+    echo "== backtrace (cuda-gdb)"
+    timeout 120 cuda-gdb -batch -ex run -ex bt -ex "info sharedlibrary" --args $PY -c \
+      "import sys; sys.path.insert(0, 'tests'); import test_build; exec(test_build._CPP_ERRORS)"
+  fi
+  local cxx=${CXX:-c++} alt="" name
+  for c in /usr/bin/g++ /usr/bin/clang++; do
+    [ -x "$c" ] && [ "$(realpath "$c")" != "$(realpath "$(command -v "$cxx")")" ] && alt=$c && break
+  done
+  local -a variants=("cpu-only|SLIME_CUDA=0" "no-march-native|SLIME_PORTABLE=1 SLIME_CUDA=1")
+  [ -n "$alt" ] && variants+=("cxx=$alt|CXX=$alt SLIME_CUDA=1")
+  for v in "${variants[@]}"; do
+    name=${v%%|*}
+    local dir=/tmp/slime_variant_$name
+    rm -rf "$dir" && mkdir -p "$dir" && cp -r setup.py csrc slime_core tests "$dir"/
+    rm -f "$dir"/slime_core/_C*.so
+    echo "== variant $name (${v#*|})"
+    if (cd "$dir" && env ${v#*|} MAX_JOBS=$(nproc) $PY setup.py build_ext --inplace \
+          >build.log 2>&1); then
+      (cd "$dir" && PYTHONPATH="$dir" canary) && echo "variant $name: errors reach Python" ||
+        echo "variant $name: FAILS too"
+    else
+      echo "variant $name: build failed"; tail -n 5 "$dir/build.log"
+    fi
+  done
+}
+
 if [ $built -eq 0 ]; then
-  xdist=$($PY -c "import xdist" 2>/dev/null && echo "-n 8")
+  {
+    echo "== toolchain"; toolchain
+  } >>"$setup_log" 2>&1
+  if ! step "C++ errors reach Python" "$OUT_DIR/cpp_errors.log" canary; then
+    step "C++ errors: backtrace and variants" "$OUT_DIR/cpp_errors.log" cpp_errors
+    grep "^variant" "$OUT_DIR/cpp_errors.log"
+  fi
+  xdist=$($PY -c "import xdist" 2>/dev/null && echo "-n ${PYTEST_WORKERS:-$(nproc)}")
   step "test suite (CPU + CUDA)" "$OUT_DIR/tests.log" $PY -m pytest -q -rs $xdist tests
   step "benchmarks (cuda)" "$OUT_DIR/bench.log" $PY -m bench --device cuda --out "$OUT_DIR"
   # Last, and each under a time limit: a sanitizer slows torch's own start-up 10-100x, and a

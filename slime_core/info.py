@@ -24,6 +24,7 @@ def gather():
         "torch": torch.__version__,
         "built_against_torch": build["torch_version"],
         "source_hash": build["source_hash"],
+        "compiler": build["compiler"],
         "debug_build": build["debug"],
         "cuda_kernels": build["cuda"],
         "cuda_archs": build["cuda_archs"].split(";") if build["cuda_archs"] else [],

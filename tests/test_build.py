@@ -19,10 +19,59 @@ def test_build_info_matches_this_environment():
     assert b["torch_version"] == torch.__version__
     assert b["source_hash"] == _ext.checkout_source_hash(REPO)
     assert b["omp_max_threads"] >= 1
+    assert b["compiler"].split()[0] in ("gcc", "clang") and len(b["compiler"].split()) > 1
     if not torch.version.cuda:
         assert b["cuda"] is False  # a CPU torch can never get the CUDA kernels
     if b["cuda"]:
         assert b["cuda_archs"]
+
+
+# Each op's C++ checks raise (torch.ops.slime.* called directly skips the Python checks);
+# on CUDA too where the build has it. Run in a child process: if an exception cannot unwind
+# through the extension (a toolchain fault, seen once with a CUDA build on an H200), the
+# child dies of a signal and this test says so, instead of the whole test run dying.
+_CPP_ERRORS = r"""
+import torch, slime_core
+devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and slime_core._C.build_info()["cuda"]
+                     else [])
+for dev in devices:
+    img = torch.zeros(30, 20, 3, dtype=torch.uint8, device=dev)
+    plan = torch.tensor([[1, 1, 400, 300, 0, 0, 1, 0, 0]], dtype=torch.int32)
+    q, k, v = (torch.randn(2, 2, n, 16, device=dev) for n in (7, 9, 9))
+    x, e = torch.randn(2, 8, 16, device=dev), torch.randn(2, 3, 16, device=dev)
+    cases = {
+        "tile_resize": lambda: torch.ops.slime.tile_resize(
+            [img], plan, 2, 336, 3, [0.5] * 3, [0.5] * 3, torch.float32),
+        "query_attention": lambda: torch.ops.slime.query_attention(
+            q, k, v, torch.ones(1, 9, dtype=torch.bool, device=dev), 1.0),
+        "token_select": lambda: torch.ops.slime.token_select(
+            x, torch.tensor([8, 8]), e, torch.ones(2, 3, dtype=torch.bool, device=dev), None,
+            2.0, None, 1.0, None),
+    }
+    for name, call in cases.items():
+        try:
+            call()
+            print(dev, name, "no error", flush=True)
+        except Exception as err:
+            print(dev, name, type(err).__name__, str(err).splitlines()[0][:80], flush=True)
+"""
+
+
+def test_cpp_errors_reach_python_as_exceptions():
+    r = subprocess.run([sys.executable, "-c", _CPP_ERRORS], capture_output=True, text=True,
+                       cwd=REPO, timeout=300)
+    assert r.returncode == 0, (
+        f"a C++ check in slime_core's extension raised and the process died (exit code "
+        f"{r.returncode}; negative: killed by that signal) instead of Python getting the "
+        f"error: exceptions do not unwind through this build. Compiler: "
+        f"{slime_core._C.build_info()['compiler']}. Output so far:\n{r.stdout}{r.stderr}")
+    cuda = torch.cuda.is_available() and slime_core._C.build_info()["cuda"]
+    lines = r.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [
+        [dev, op] for dev in ["cpu"] + ["cuda"] * cuda
+        for op in ("tile_resize", "query_attention", "token_select")], r.stdout
+    for line in lines:
+        assert line.split()[2] == "ValueError", line
 
 
 def test_info_command_prints_build_and_ops():

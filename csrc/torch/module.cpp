@@ -22,6 +22,14 @@
 #ifndef SLIME_CUDA_ARCHS
 #define SLIME_CUDA_ARCHS ""
 #endif
+// The host compiler, for reports: a fault that only one toolchain shows names it here.
+#if defined(__clang__)
+#define SLIME_COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define SLIME_COMPILER "gcc " __VERSION__
+#else
+#define SLIME_COMPILER "unknown"
+#endif
 
 namespace {
 
@@ -45,10 +53,11 @@ PyObject* build_info(PyObject*, PyObject*) {
 #else
   const bool debug = false;
 #endif
-  return Py_BuildValue("{s:s,s:s,s:s,s:O,s:s,s:i,s:O,s:i,s:O}",                     //
+  return Py_BuildValue("{s:s,s:s,s:s,s:s,s:O,s:s,s:i,s:O,s:i,s:O}",                 //
                        "version", SLIME_VERSION_STRING,                            //
                        "source_hash", SLIME_SOURCE_HASH,                           //
-                       "torch_version", SLIME_TORCH_VERSION,                             //
+                       "torch_version", SLIME_TORCH_VERSION,                       //
+                       "compiler", SLIME_COMPILER,                                 //
                        "cuda", cuda ? Py_True : Py_False,                          //
                        "cuda_archs", SLIME_CUDA_ARCHS,                             //
                        "cuda_runtime", cuda_runtime,                               //
