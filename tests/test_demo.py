@@ -258,8 +258,9 @@ def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
                                                           caption_details=False))
     brief_tok = Tokenizer.from_folder(brief.tokenizer_folder)
     assert "stripes" not in open(brief.captions_json).read()
-    assert [[brief_tok.decode(w) for w in r[1]] for r in demo.text_stand_ins(brief, brief_tok)] \
-        == [[tok.decode(w) for w in r[1]] for r in records]
+    # (and the same token ids: the tokenizer learns the detailed captions either way)
+    assert brief_tok.max_id == tok.max_id
+    assert [r[1] for r in demo.text_stand_ins(brief, brief_tok)] == [r[1] for r in records]
     for ids, labels in ((ids0, labels0), (ids1, labels1)):
         assert IMAGE_TOKEN_INDEX not in ids.tolist() and ids.shape == labels.shape
     # "plain": BOS before the picture, then the caption to generate, all of it labels
