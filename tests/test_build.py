@@ -28,7 +28,7 @@ def test_build_info_matches_this_environment():
 
 # Each op's C++ checks raise (torch.ops.slime.* called directly skips the Python checks);
 # on CUDA too where the build has it. Run in a child process: if an exception cannot unwind
-# through the extension (a toolchain fault, seen once with a CUDA build on an H200), the
+# through the extension (seen on two GPU machines of one image, see README), the
 # child dies of a signal and this test says so, instead of the whole test run dying.
 _CPP_ERRORS = r"""
 import torch, slime_core

@@ -439,7 +439,8 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     caption_details:     captions name the dots and stripes (with dots or stripes); False:
                          the shapes, colours and digits only, "picture: red cross, digit
                          5.", as LLaVA-558K's captions, which SliME's alignment stages
-                         train on, describe a whole picture and seldom its small details
+                         train on, describe a whole picture and seldom its small details;
+                         the tokenizer is the same either way (it learns the detailed form)
     compress_level:      PNG zlib level (1: fast, files ~30 KB since most pixels are flat)
     workers:             processes drawing the images (0: this one); no effect on the bytes
     """
