@@ -50,8 +50,9 @@ Stages Ia, Ib and II then train the connector alone against the frozen LLM on th
 captions ("picture: red cross with vertical stripes, digit 5."), and stage III trains the
 LLM with it at a lower rate, as SliME does, but not the word vectors the selection scores
 against. The captions name the stripes, which LLaVA-558K's captions of whole pictures
-would not; captions that leave them out (build_builtin's caption_details=False) did not
-make alternating beat end to end at top-p (bench/results/, 2026-12-04).
+would not; with captions that leave them out (build_builtin's caption_details=False),
+alternating beat end to end at top-p on 7 seeds of 8 by a small margin, but compression and
+selection fell 0.014 below every local patch (bench/results/, 2026-12-04, same tokenizer).
 The other variants copy SliME's stages they share with it (Ia, Ib and II for all-local and
 top-k; Ia and Ib for global only and every local patch) rather than rerun them.
 
