@@ -70,7 +70,8 @@ cpp_errors() {  # the canary failed: say where it dies and which build settings 
   # flags (-Bsymbolic-functions).
   local cxx name c adopted=""
   cxx=$(realpath "$(command -v "${CXX:-c++}")")
-  local -a variants=("ldshared-plain|LDSHARED=${CXX:-c++} -shared|SLIME_CUDA=1") parts
+  local link="${CXX:-c++} -shared"
+  local -a variants=("ldshared-plain|LDSHARED=$link|LDCXXSHARED=$link|SLIME_CUDA=1") parts
   for c in /usr/bin/g++ /usr/bin/g++-1[0-9] /usr/bin/clang++; do
     [ -x "$c" ] && [ "$(realpath "$c")" != "$cxx" ] && variants+=("cxx-${c##*/}|CXX=$c|SLIME_CUDA=1")
   done
