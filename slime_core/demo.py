@@ -51,8 +51,9 @@ captions ("picture: red cross with vertical stripes, digit 5."), and stage III t
 LLM with it at a lower rate, as SliME does, but not the word vectors the selection scores
 against. The captions name the stripes, which LLaVA-558K's captions of whole pictures
 would not; with captions that leave them out (build_builtin's caption_details=False),
-alternating beat end to end at top-p on 7 seeds of 8 by a small margin, but compression and
-selection fell 0.014 below every local patch (bench/results/, 2026-12-04, same tokenizer).
+alternating beat end to end at top-p on 9 seeds of 12 by a skewed margin, but compression
+and selection fell 0.015 below every local patch (bench/results/, 2026-12-04, same
+tokenizer).
 The other variants copy SliME's stages they share with it (Ia, Ib and II for all-local and
 top-k; Ia and Ib for global only and every local patch) rather than rerun them.
 
