@@ -270,7 +270,7 @@ def pretrain_tower(tower, paths, processor, steps, images_per_step=32, lr=1e-2, 
 def _object_words(o):
     # what an object is, in the dataset's words: colour, shape, its details, its digit
     return [o["colour"], o["shape"], *(o[k] for k in ("stripes", "dot_colour") if k in o),
-            o["digit"]]
+            o["digit"], *o.get("quadrant", "").split()]
 
 
 def text_stand_ins(paths, tokenizer, bag=True):

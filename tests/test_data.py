@@ -243,6 +243,43 @@ def test_builtin_stripes_run_the_way_the_answer_says(tmp_path):
         build_builtin(str(tmp_path / "x"), n_train=1, question_types=("stripes",), **SMALL)
 
 
+def test_builtin_where_answers_the_quadrant_the_shape_is_drawn_in(tmp_path):
+    """Question type "where": the answer is the quadrant of the image that holds the middle of
+    the named shape's pixels (read back from the PNG), and the caption names that quadrant."""
+    paths = build_builtin(str(tmp_path), seed=SEED, n_train=10, n_val=4, single=True,
+                          shapes_per_cell=1, image_width=(300, 600), aspect=(0.5, 0.8),
+                          detail_frac=0.05, question_types=("where", "colour"),
+                          questions_per_image=3, caption_cells=1)
+    scenes = load(paths.objects_json)
+    quadrant = {}
+    for name, scene in scenes.items():
+        image = Image.open(os.path.join(paths.image_folder, name)).convert("RGB")
+        (o,) = scene["objects"]
+        W, H = image.size
+        xs, ys = zip(*[(x, y) for y in range(H) for x in range(W)
+                       if near(image.getpixel((x, y)), o["colour"])])
+        cx, cy = (min(xs) + max(xs) + 1) / 2, (min(ys) + max(ys) + 1) / 2
+        if abs(cx - W / 2) < 1 or abs(cy - H / 2) < 1:
+            continue  # on the middle line to within a pixel: either side is right
+        quadrant[name] = f"{'top' if cy < H / 2 else 'bottom'} {'left' if cx < W / 2 else 'right'}"
+        assert o["quadrant"] == quadrant[name], (SEED, name, o, (cx, cy, W, H))
+    assert len(quadrant) >= len(scenes) // 2, SEED
+    asked = 0
+    for r in load(paths.train_json) + load(paths.val_json):
+        question, answer = (t["value"] for t in r["conversations"])
+        (o,) = scenes[r["image"]]["objects"]
+        if r["question_type"] == "where":
+            asked += 1
+            assert question == f"<image>\nWhere is the {o['shape']}?", question
+            assert answer == o["quadrant"] and answer in bi.QUADRANTS
+    assert asked, SEED
+    for c in load(paths.captions_json):
+        (o,) = scenes[c["image"]]["objects"]
+        assert c["conversations"][1]["value"].startswith(f"{o['quadrant']}: {o['colour']} ")
+    with pytest.raises(ValueError, match="needs single=True"):
+        build_builtin(str(tmp_path / "x"), n_train=1, question_types=("where",), **SMALL)
+
+
 def test_builtin_caption_details_false_leaves_only_the_captions_details_out(tmp_path):
     """caption_details=False: the same images, questions, objects and tokenizer; each caption
     names its cells' shapes, colours and digits (objects.json's) and no dot or stripes; the

@@ -23,7 +23,9 @@ cell and ask for one detail of its cluster:
 With dots=True or stripes=True every shape also carries a detail, and question types "dot"
 ("What colour is the dot on the red square?") or "stripes" ("Which way do the stripes on
 the red square run?" -> "diagonal") ask for it; with single=True the image holds one
-cluster anywhere (the demo's task: stripes, single, see slime_core.demo).
+cluster anywhere (the demo's task: stripes, single, see slime_core.demo), and question type
+"where" ("Where is the square?" -> "top left") asks which quadrant of the image holds it,
+which only the global view can answer.
 
 Why this task shows SliME's points at small scale:
 - the detail is 3 times smaller in the global view. With aspects of 0.5 to 0.8, SliME's
@@ -78,6 +80,8 @@ SINGLE_POSITION = "picture"  # single=True: the one cluster's "cell"
 DOT_TYPE = "dot"  # "What colour is the dot on the red square?": needs dots=True
 STRIPES = ("horizontal", "vertical", "diagonal")
 STRIPES_TYPE = "stripes"  # "Which way do the stripes on the red square run?": stripes=True
+WHERE_TYPE = "where"  # "Where is the square?" -> "top left": needs single=True
+QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
                   "unk_token": "<unk>"}
 # The instruction template of the built-in data (captions.json is for "plain"): "bare", the
@@ -192,9 +196,14 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
         left, top, right, bottom = _font(digit_size).getbbox(digit, anchor="lm")
         box = [min(x, math.floor(tx + left)), min(y, math.floor(ty + top)),
                max(x + cluster_w, math.ceil(tx + right)), max(y + slot, math.ceil(ty + bottom))]
+        # Which quadrant of the image each shape's centre is in (no random draw: the
+        # streams stay those of the other question types). The global view's 8 x 8 or
+        # 16 x 16 patches split at the image's middle, so the quadrant is one patch's.
+        quadrants = [QUADRANTS[2 * (2 * oy + side >= height) + (2 * ox + side >= width)]
+                     for _, _, side, ox, oy, _, _ in objects]
         cells.append({"position": position, "shapes": shapes, "colours": colours,
                       "dot_colours": dot_colours, "stripes": ways, "digit": digit,
-                      "objects": objects,
+                      "objects": objects, "quadrants": quadrants,
                       "text": (tx, ty, digit_size, (digit_grey,) * 3), "box": box})
     return {"width": width, "height": height, "background": background, "cells": cells,
             "rng_state": rng.getstate()}
@@ -251,10 +260,10 @@ def _dot_box(x, y, side, d):
     return [dx, dy, dx + d, dy + d]
 
 
-def _objects(scene):
+def _objects(scene, where=False):
     """What is where in a scene, in pixels (boxes x0, y0, x1, y1, end exclusive): one entry
     per shape with its name, colour name, box, the digit of its cluster, and with dots its
-    dot's colour and box, with stripes their way."""
+    dot's colour and box, with stripes their way, with where its quadrant."""
     out = []
     for cell in scene["cells"]:
         for k, (shape, _, side, x, y, dot, way) in enumerate(cell["objects"]):
@@ -265,6 +274,8 @@ def _objects(scene):
                 o["dot_box"] = _dot_box(x, y, side, dot[1])
             if way is not None:
                 o["stripes"] = way[0]
+            if where:
+                o["quadrant"] = cell["quadrants"][k]
             out.append(o)
     return out
 
@@ -306,6 +317,9 @@ def _question(rng, cell, question_type, short=False):
         k = rng.randrange(len(cell["shapes"]))
         return (f"What colour is the dot on the {cell['colours'][k]} {cell['shapes'][k]}?",
                 cell["dot_colours"][k])
+    if question_type == WHERE_TYPE:
+        k = rng.randrange(len(cell["shapes"]))
+        return f"Where is the {cell['shapes'][k]}?", cell["quadrants"][k]
     if question_type == STRIPES_TYPE:
         k = rng.randrange(len(cell["shapes"]))
         thing = f"the {cell['colours'][k]} {cell['shapes'][k]}"
@@ -314,18 +328,21 @@ def _question(rng, cell, question_type, short=False):
     return (f"Which digit is{where}?" if where else "Which digit?"), cell["digit"]
 
 
-def _describe(cell, details=True):
+def _describe(cell, details=True, where=False):
+    # where: the cluster is named by its first shape's quadrant ("top left: red cross, ...")
     parts = [f"{c} {s}" for s, c in zip(cell["shapes"], cell["colours"])]
     if details and cell["dot_colours"]:
         parts = [f"{p} with {'an' if d[0] in 'aeiou' else 'a'} {d} dot"
                  for p, d in zip(parts, cell["dot_colours"])]
     if details and cell["stripes"]:
         parts = [f"{p} with {w} stripes" for p, w in zip(parts, cell["stripes"])]
-    return f"{cell['position']}: " + ", ".join(parts) + f", digit {cell['digit']}."
+    place = cell["quadrants"][0] if where else cell["position"]
+    return f"{place}: " + ", ".join(parts) + f", digit {cell['digit']}."
 
 
 def _records(scene, image, rng, questions_per_image, question_types, caption_cells, split,
              index, short=False, details=True):
+    where = WHERE_TYPE in question_types
     qa = []
     for q in range(questions_per_image):
         cell = rng.choice(scene["cells"])
@@ -342,10 +359,10 @@ def _records(scene, image, rng, questions_per_image, question_types, caption_cel
     caption = {"id": f"{split}_{index:06d}_caption", "image": image,
                "conversations": [
                    {"from": "human", "value": IMAGE_PLACEHOLDER},
-                   {"from": "gpt", "value": " ".join(_describe(scene["cells"][k], details)
-                                                     for k in cells)}]}
+                   {"from": "gpt", "value": " ".join(_describe(scene["cells"][k], details,
+                                                               where) for k in cells)}]}
     # The tokenizer learns the detailed form whatever the captions say (see build_builtin).
-    detailed = " ".join(_describe(scene["cells"][k]) for k in cells)
+    detailed = " ".join(_describe(scene["cells"][k], where=where) for k in cells)
     return qa, caption, detailed
 
 
@@ -412,7 +429,8 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                          shapes off the global view's 2-pixel blobs (ink amount and blur
                          pattern identify them); see scripts/builtin_probe.py
     shapes_per_cell:     shapes in each cell's cluster (1 to 4, all different)
-    question_types:      a subset of ("colour", "shape", "digit")
+    question_types:      a subset of ("colour", "shape", "digit"), plus "dot", "stripes"
+                         and "where" with dots, stripes and single
     caption_cells:       cells a caption describes (1 to 9)
     dots:                a dot of another colour on every shape (a third of its side, 0.7 px
                          in the global view at the demo's sizes), every object of an image a
@@ -422,7 +440,11 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
     single:              one cluster per image, anywhere in it, instead of one per cell of
                          the 3 x 3 grid; questions name its place "the picture" (and
                          captions describe it so): what to answer is at an unknown place in
-                         an image of over a million pixels, and under 0.1% of it
+                         an image of over a million pixels, and under 0.1% of it. With
+                         question type "where" ("Where is the square?" -> "top left", one
+                         of QUADRANTS: the question only the global view answers, as a
+                         tile does not know where in the image it is), captions name the
+                         quadrant instead ("top left: red square, digit 5.")
     stripes:             every shape striped, its colour and white in three periods across,
                          running one of STRIPES' ways (the same mean colour whichever way,
                          so the global view cannot tell them apart); every object of an
@@ -490,11 +512,13 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                          f"got {aspect[0]}")
     _check_count("questions_per_image", questions_per_image, 1)
     question_types = tuple(question_types)
-    known = QUESTION_TYPES + ((DOT_TYPE,) if dots else ()) + ((STRIPES_TYPE,) if stripes else ())
+    known = QUESTION_TYPES + ((DOT_TYPE,) if dots else ()) + (
+        (STRIPES_TYPE,) if stripes else ()) + ((WHERE_TYPE,) if single else ())
     bad = [t for t in question_types if t not in known]
     if not question_types or bad:
         hint = "".join(f" ({t!r} needs {flag}=True)" for t, flag in
-                       ((DOT_TYPE, "dots"), (STRIPES_TYPE, "stripes")) if t in bad)
+                       ((DOT_TYPE, "dots"), (STRIPES_TYPE, "stripes"), (WHERE_TYPE, "single"))
+                       if t in bad)
         raise ValueError(f"question_types must be a non-empty subset of {known}{hint}, "
                          f"got {question_types!r}")
     _check_count("caption_cells", caption_cells, 1)
@@ -523,7 +547,7 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                                              short_questions, caption_details)
             splits[split] += qa
             objects[name] = {"width": scene["width"], "height": scene["height"],
-                             "objects": _objects(scene)}
+                             "objects": _objects(scene, WHERE_TYPE in question_types)}
             if split == "train":
                 captions.append(caption)
                 caption_texts += [" ", detailed]
