@@ -24,8 +24,9 @@ With dots=True or stripes=True every shape also carries a detail, and question t
 ("What colour is the dot on the red square?") or "stripes" ("Which way do the stripes on
 the red square run?" -> "diagonal") ask for it; with single=True the image holds one
 cluster anywhere (the demo's task: stripes, single, see slime_core.demo), and question type
-"where" ("Where is the square?" -> "top left") asks which quadrant of the image holds it,
-which only the global view can answer.
+"where" ("Where is the square?" -> "top left") asks which quadrant of the image holds it:
+context a tile lacks (its pixels do not say where it lies), which the global view holds and
+the local tokens' order in the sequence tells only while most of them are kept.
 
 Why this task shows SliME's points at small scale:
 - the detail is 3 times smaller in the global view. With aspects of 0.5 to 0.8, SliME's
@@ -442,9 +443,9 @@ def build_builtin(folder, seed=0, n_train=1000, n_val=200, image_width=(1000, 20
                          captions describe it so): what to answer is at an unknown place in
                          an image of over a million pixels, and under 0.1% of it. With
                          question type "where" ("Where is the square?" -> "top left", one
-                         of QUADRANTS: the question only the global view answers, as a
-                         tile does not know where in the image it is), captions name the
-                         quadrant instead ("top left: red square, digit 5.")
+                         of QUADRANTS: the global view's context, as a tile's pixels do
+                         not say where it lies), captions name the quadrant instead ("top
+                         left: red square, digit 5.")
     stripes:             every shape striped, its colour and white in three periods across,
                          running one of STRIPES' ways (the same mean colour whichever way,
                          so the global view cannot tell them apart); every object of an
