@@ -327,3 +327,20 @@ def test_llm_pretraining_lays_out_every_object_of_a_picture(tmp_path, monkeypatc
         # one picture's objects, each at 1 to 4 places
         assert any(set(placed) == set(p) and all(1 <= placed.count(w) <= 4 for w in p)
                    for p in pictures), placed
+
+
+def test_llm_stand_in_learns_the_quadrant_where_questions_ask_for(tmp_path):
+    """With question type "where", stage -1's picture of an object holds its quadrant's
+    words too (objects.json's), so that the LLM can answer "Where is the cross?" from it."""
+    from slime_core.data import ensure_builtin
+    from slime_core.text import Tokenizer
+    paths = ensure_builtin(str(tmp_path), seed=2, n_train=4, n_val=1, image_width=(600, 800),
+                           detail_frac=0.07, shapes_per_cell=1, stripes=True, single=True,
+                           question_types=("where", "stripes"), caption_cells=1)
+    tok = Tokenizer.from_folder(paths.tokenizer_folder)
+    scenes = json.loads(open(paths.objects_json).read())
+    captions = json.loads(open(paths.captions_json).read())
+    for (_, picture, _), caption in zip(demo.text_stand_ins(paths, tok), captions):
+        (o,) = scenes[caption["image"]]["objects"]
+        assert [tok.decode(w).split() for w in picture] == [
+            [o["colour"], o["shape"], o["stripes"], o["digit"], *o["quadrant"].split()]]
