@@ -66,7 +66,11 @@ Three more rows train nothing: the SliME and end-to-end models above, evaluated 
 scores) or, for SliME, at random (selection "random"). Top-p 0.95 over SliME's double
 softmax keeps about 95% of the tokens, as released, so only a tight budget shows what the
 question's choice is worth: a tile's 16 compressed tokens all see the whole tile, and a
-random 16 of 97 already reach every tile.
+random 16 of 97 already reach every tile. A looser budget shows less still: over 19
+seeds, the question's best 16 score about as well as 16 at random, and its best 32 or 64
+worse than as many at random, as the text-guided score ranks part of what answers the
+question last; SliME's stages stay ahead of end to end's at every budget from 4 to 64
+(bench/results/, 2026-12-04, budget sweep).
 
 What is written under --out: data/ (the dataset, reused when its arguments match),
 variants/<name>/<stage>/ (checkpoints, metrics.jsonl, loss.png), variants/<name>/loss.png,
