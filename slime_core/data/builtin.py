@@ -198,8 +198,9 @@ def _scene(seed, split, index, image_width, aspect, detail_frac, shapes_per_cell
         box = [min(x, math.floor(tx + left)), min(y, math.floor(ty + top)),
                max(x + cluster_w, math.ceil(tx + right)), max(y + slot, math.ceil(ty + bottom))]
         # Which quadrant of the image each shape's centre is in (no random draw: the
-        # streams stay those of the other question types). The global view's 8 x 8 or
-        # 16 x 16 patches split at the image's middle, so the quadrant is one patch's.
+        # streams stay those of the other question types). A global view with an even
+        # number of patches a side (the demo's 8, CLIP-336's 24) splits at the image's
+        # middle, so the patch that holds the centre holds the answer.
         quadrants = [QUADRANTS[2 * (2 * oy + side >= height) + (2 * ox + side >= width)]
                      for _, _, side, ox, oy, _, _ in objects]
         cells.append({"position": position, "shapes": shapes, "colours": colours,
