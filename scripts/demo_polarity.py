@@ -18,6 +18,15 @@ and stripes words, and against its other words (the template, "which", "the", ..
 the local tokens outside the shape's tile and inside it: the mean of each part, and the
 highest word part. Where the outside tokens' other-words part beats what the shape's tile
 gets from the question's words, the selection keeps empty tiles.
+
+    PYTHONPATH=. python scripts/demo_polarity.py runs/demo_seeds --seeds 0-18 --lean
+
+--lean: SliME after stage II and after stage III, per question type. Two numbers each: the
+share of the shape's local tokens that the score ranks in the bottom third of the image's
+(chance 1/3), and the lean. The lean is the cosine of the mean local token with the sum of
+the prompt's other words. Most of a local token is a component all local tokens share, and
+the shape's tokens hold less of it. Where it leans toward the prompt's other words, the
+empty tokens outscore the shape's.
 """
 import argparse
 import dataclasses
@@ -83,15 +92,12 @@ def _load(run_dir, seed, variant, stage):
     return tok, proc, val, scenes, model.eval()
 
 
-@torch.no_grad()
-def parts_row(run_dir, seed, batch_size=32):
-    tok, proc, val, scenes, model = _load(run_dir, seed, "top_p", "III")
+def _local_tokens(model, val, batch_size=32):
+    """Yields, for every validation prompt: its record, its image's local tokens (M, H),
+    every one in raster order, and the ids the text-guided selection reads (T,)."""
     model.config = dataclasses.replace(model.config, image_mode="both", connector_expert=-1,
-                                       selection="none")  # every local token, raster order
-    side, n_global = model.local_side, (demo.TILE // demo.PATCH) ** 2 + 1
-    words = torch.tensor([tok.token_to_id(w) for w in (*COLOURS, *SHAPES, *STRIPES)])
-    table = torch.nn.functional.normalize(model.llm.embed_tokens.weight, dim=-1)
-    sums = torch.zeros(2, 2)  # [outside, inside] x [other words' part (mean), words' (max)]
+                                       selection="none")
+    n_global = (demo.TILE // demo.PATCH) ** 2 + 1
     for start in range(0, len(val), batch_size):
         samples = [val[i] for i in range(start, min(len(val), start + batch_size))]
         b = collate(samples, pad_id=0)
@@ -99,23 +105,71 @@ def parts_row(run_dir, seed, batch_size=32):
         image, counts = model.image_tokens(b["pixel_values"], b["crops_per_image"],
                                            b["grids_wh"], text, mask)
         for j, sample in enumerate(samples):
-            scene = scenes[val.record(sample["index"])["image"]]
-            plan = proc.plan(scene["width"], scene["height"])
-            cols = plan.grid_w * side
-            tile = [(c // cols // side, c % cols // side)
-                    for c in range(int(counts[j]) - n_global)]
-            shape = {tile[c] for c in demo.object_cells(plan, scene, side)}
-            inside = torch.tensor([t in shape for t in tile])
-            local = torch.nn.functional.normalize(image[j, n_global:int(counts[j])], dim=-1)
-            ids = b["input_ids"][j][mask[j]]
-            is_word = torch.isin(ids, words)
-            other = local @ table[ids[~is_word]].sum(0)
-            said = local @ table[ids[is_word]].sum(0)
-            for k, where in enumerate((~inside, inside)):
-                sums[k, 0] += other[where].mean()
-                sums[k, 1] += said[where].max()
+            yield (val.record(sample["index"]), image[j, n_global:int(counts[j])],
+                   b["input_ids"][j][mask[j]])
+
+
+def _unit_words(tok, model):
+    """(the unit word vectors (vocab, H), the ids of the colour, shape and stripes words)."""
+    words = torch.tensor([tok.token_to_id(w) for w in (*COLOURS, *SHAPES, *STRIPES)])
+    return torch.nn.functional.normalize(model.llm.embed_tokens.weight, dim=-1), words
+
+
+@torch.no_grad()
+def parts_row(run_dir, seed):
+    tok, proc, val, scenes, model = _load(run_dir, seed, "top_p", "III")
+    side = model.local_side
+    table, words = _unit_words(tok, model)
+    sums = torch.zeros(2, 2)  # [outside, inside] x [other words' part (mean), words' (max)]
+    for record, local, ids in _local_tokens(model, val):
+        scene = scenes[record["image"]]
+        plan = proc.plan(scene["width"], scene["height"])
+        cols = plan.grid_w * side
+        tile = [(c // cols // side, c % cols // side) for c in range(len(local))]
+        shape = {tile[c] for c in demo.object_cells(plan, scene, side)}
+        inside = torch.tensor([t in shape for t in tile])
+        local = torch.nn.functional.normalize(local, dim=-1)
+        is_word = torch.isin(ids, words)
+        other = local @ table[ids[~is_word]].sum(0)
+        said = local @ table[ids[is_word]].sum(0)
+        for k, where in enumerate((~inside, inside)):
+            sums[k, 0] += other[where].mean()
+            sums[k, 1] += said[where].max()
     m = (sums / len(val)).tolist()
     return f"| {seed} | {m[0][0]:+.2f} | {m[0][1]:+.2f} | {m[1][0]:+.2f} | {m[1][1]:+.2f} |"
+
+
+LEAN_STAGES = ("II", "III")
+
+
+@torch.no_grad()
+def lean_row(run_dir, seed, types=("colour", "stripes")):
+    """SliME after II and after III, per question type: the share of the shape's local
+    tokens its score ranks in the bottom third of the image's (chance 1/3), and the lean:
+    the cosine of the mean local token (over every validation prompt's image) with the sum
+    of the prompt's other words' unit vectors, averaged over the prompts."""
+    cells = []
+    for stage in LEAN_STAGES:
+        tok, proc, val, scenes, model = _load(run_dir, seed, "top_p", stage)
+        table, words = _unit_words(tok, model)
+        low, total, mean, others = {}, {}, 0.0, {}
+        for record, local, ids in _local_tokens(model, val):
+            scene = scenes[record["image"]]
+            shape = demo.object_cells(proc.plan(scene["width"], scene["height"]), scene,
+                                      model.local_side)
+            score = torch.nn.functional.normalize(local, dim=-1) @ table[ids].sum(0)
+            rank = score.argsort(descending=True).argsort()  # 0: the best
+            t = record["question_type"]
+            low[t] = low.get(t, 0) + sum(int(rank[c]) * 3 >= 2 * len(score) for c in shape)
+            total[t] = total.get(t, 0) + len(shape)
+            mean = mean + local.mean(0) / len(val)
+            others.setdefault(t, []).append(table[ids[~torch.isin(ids, words)]].sum(0))
+        lean = {t: float(torch.nn.functional.cosine_similarity(
+            torch.stack(v), mean[None], dim=-1).mean()) for t, v in others.items()}
+        cells += [" / ".join(f"{low[t] / max(1, total[t]):.2f}" if t in total else "-"
+                             for t in types),
+                  " / ".join(f"{lean[t]:+.3f}" if t in lean else "-" for t in types)]
+    return f"| {seed} | " + " | ".join(cells) + " |"
 
 
 def main(argv=None):
@@ -125,6 +179,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--parts", action="store_true",
                    help="instead: SliME's score split into the question's words and the rest")
+    p.add_argument("--lean", action="store_true",
+                   help="instead: where SliME's score ranks the shape's tokens after II and "
+                        "III, and the mean local token's lean toward the prompt's other words")
     args = p.parse_args(argv)
     try:
         seeds = demo._seed_list(args.seeds)
@@ -132,6 +189,16 @@ def main(argv=None):
         p.error(str(e))
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.lean:
+        print("SliME's score, per question type (colour / stripes): the share of the shape's "
+              "local tokens ranked in the bottom third (chance 0.33), and the lean of the mean "
+              "local token toward the prompt's other words (cosine)\n")
+        print("| seed | " + " | ".join(f"after {st}: {what}" for st in LEAN_STAGES for what in
+                                      ("bottom third", "lean")) + " |")
+        print("|" + "---|" * (1 + 2 * len(LEAN_STAGES)))
+        for seed in seeds:
+            print(lean_row(os.path.join(args.out, f"seed_{seed}"), seed), flush=True)
+        return
     if args.parts:
         print("SliME after stage III, mean over the validation prompts of each token "
               "group's score parts\n")
