@@ -168,8 +168,9 @@ def test_polarity_script_reads_a_finished_run(runs):
     parts = script.parts_row(run, 0)
     assert re.fullmatch(r"\| 0 \|( [+-]\d\.\d\d \|){4}", parts), parts
     lean = script.lean_row(run, 0)
-    assert re.fullmatch(r"\| 0 \|( (\d\.\d\d|-) / (\d\.\d\d|-) \| ([+-]\d\.\d{3}|-) / "
-                        r"([+-]\d\.\d{3}|-) \|){2}", lean), lean
+    # both question types asked: a share in [0, 1] and a cosine for each, after II and III
+    assert re.fullmatch(r"\| 0 \|( [01]\.\d\d / [01]\.\d\d \| [+-][01]\.\d{3} / "
+                        r"[+-][01]\.\d{3} \|){2}", lean), lean
     with pytest.raises(FileNotFoundError, match="is the run finished"):
         script.seed_row(str(runs[2] / "nothing_here"), 0)
 
