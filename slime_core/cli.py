@@ -115,6 +115,8 @@ def cmd_train(args):
     """`slime train ...`: python -m slime_core.train with the same arguments."""
     from slime_core.train.__main__ import main as train_main
     train_main(args.rest)
+    from slime_core.train.dist import shutdown
+    shutdown()  # under torchrun: leave the process group, skip gloo's teardown
     return 0
 
 

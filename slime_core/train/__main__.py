@@ -105,3 +105,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    tdist.shutdown()  # under torchrun: leave the process group, skip gloo's teardown

@@ -16,6 +16,7 @@ Checkpoints are always full (unsharded) state dicts, keyed by the unwrapped mode
 parameter names, so a run saved in one layout resumes in any other.
 """
 import os
+import sys
 from functools import partial
 
 import torch
@@ -39,6 +40,23 @@ def init_distributed(device=None):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown(exit_code=0):
+    """Ends a process torchrun started: a barrier, the process group destroyed, the output
+    flushed, then os._exit(exit_code). Gloo's worker threads can still abort the
+    interpreter's teardown after a clean destroy ("terminate called without an active
+    exception", SIGABRT; seen in this project's two-process test, and described in
+    pytorch/pytorch#179291), and torchrun then reports a finished run as failed; skipping
+    the teardown avoids it. Files must be closed before the call. Without a process group it
+    returns and the process ends as usual."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def rank_world():
