@@ -5,6 +5,7 @@ table of what each variant sees and scores.
     slime demo --out DIR --scale 0.1   # fewer images and steps (a smoke run)
     slime demo --seeds 0-7          # runs/demo_seeds: once per seed, then the table over
                                     # seeds and each claim's difference per seed
+    slime demo --seeds 0-18 --jobs 2 --threads 1   # two seeds at a time, one process each
 
 The variants (each trained here from the same pretrained parts, seeds fixed):
 
@@ -762,25 +763,93 @@ def _finished(folder, seed, scale):
     return report if same else None
 
 
-def run_seeds(out, seeds, scale=1.0, stream=None, threads=None):
+def run_seeds(out, seeds, scale=1.0, stream=None, threads=None, jobs=1):
     """The demo once per seed (out/seed_<n>; a finished run with the same arguments is
     read back, not rerun), then the table of every variant over the seeds and the paper's
     claims as per-seed differences: out/summary.md and summary.json. At this scale a
     claim can hold on average and fail on a seed (training puts the asked-about shape's
-    tokens high or low in the selection by chance), which one seed's table cannot tell."""
+    tokens high or low in the selection by chance), which one seed's table cannot tell.
+
+    jobs > 1 runs that many seeds at once, each in its own process (`python -m
+    slime_core.demo --seed N`, its output in out/seed_<n>/demo.log) with `threads` torch
+    threads (default: the CPUs over jobs). A seed's numbers depend on the thread count (how
+    sums are rounded), not on jobs. A seed that fails is named with its log after the others
+    finish; the summary then covers the seeds that finished, and RuntimeError is raised."""
     stream = stream or sys.stdout
-    reports = {}
-    for seed in seeds:
-        folder = os.path.join(out, f"seed_{seed}")
-        reports[seed] = _finished(folder, seed, scale) or run(folder, scale=scale, seed=seed,
-                                                              stream=stream, threads=threads)
-    table = format_summary(reports)
-    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(table + "\n")
-    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
-        json.dump({str(k): v["variants"] for k, v in reports.items()}, f, indent=1)
-    print("\n" + table, file=stream, flush=True)
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    reports = {seed: _finished(os.path.join(out, f"seed_{seed}"), seed, scale)
+               for seed in seeds}
+    failed = {}
+    if jobs == 1:
+        for seed in seeds:
+            reports[seed] = reports[seed] or run(os.path.join(out, f"seed_{seed}"),
+                                                 scale=scale, seed=seed, stream=stream,
+                                                 threads=threads)
+    else:
+        todo = [s for s in seeds if reports[s] is None]
+        threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+        failed = _run_in_processes(out, todo, scale, threads, jobs, stream)
+        for seed in todo:
+            reports[seed] = _finished(os.path.join(out, f"seed_{seed}"), seed, scale)
+    done = {s: r for s, r in reports.items() if r is not None}
+    if done:
+        table = format_summary(done)
+        with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+        with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump({str(k): v["variants"] for k, v in done.items()}, f, indent=1)
+        print("\n" + table, file=stream, flush=True)
+    if failed:
+        raise RuntimeError("the demo failed for seed(s) " + ", ".join(
+            f"{s} (exit code {rc}; see {os.path.join(out, f'seed_{s}', 'demo.log')})"
+            for s, rc in sorted(failed.items()))
+            + (f"; {out}/summary.md covers the {len(done)} that finished" if done else ""))
     return reports
+
+
+def _run_in_processes(out, seeds, scale, threads, jobs, stream):
+    """Runs the demo for `seeds`, `jobs` processes at a time; returns {seed: exit code} of
+    those that failed. Ctrl-C (or any error here) stops the running ones."""
+    import subprocess
+    # the children import this very package, wherever it was imported from
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    pending, running, failed = list(seeds), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed = pending.pop(0)
+                folder = os.path.join(out, f"seed_{seed}")
+                os.makedirs(folder, exist_ok=True)
+                log = open(os.path.join(folder, "demo.log"), "w", encoding="utf-8")
+                cmd = [sys.executable, "-m", "slime_core.demo", "--out", folder, "--seed",
+                       str(seed), "--scale", repr(scale), "--threads", str(threads)]
+                running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                  env=env), log, time.perf_counter())
+                print(f"[demo] seed {seed}: started, {threads} thread(s), log "
+                      f"{log.name}", file=stream, flush=True)
+            time.sleep(0.2)
+            for seed, (proc, log, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[seed]
+                took = time.perf_counter() - t0
+                if proc.returncode == 0:
+                    print(f"[demo] seed {seed}: finished in {took:.0f} s", file=stream,
+                          flush=True)
+                else:
+                    failed[seed] = proc.returncode
+                    print(f"[demo] seed {seed}: FAILED (exit code {proc.returncode}) after "
+                          f"{took:.0f} s; see {log.name}", file=stream, flush=True)
+    finally:
+        for proc, log, _ in running.values():
+            proc.kill()
+            proc.wait()
+            log.close()
+    return failed
 
 
 def format_summary(reports):
@@ -845,7 +914,7 @@ def _seed_list(text):
 
 
 def main(argv=None):
-    """python -m slime_core.demo [--out DIR] [--scale X] [--seed N | --seeds LIST]
+    """python -m slime_core.demo [--out DIR] [--scale X] [--seed N | --seeds LIST [--jobs J]]
     [--threads N]"""
     import argparse
     p = argparse.ArgumentParser(prog="slime demo", description=__doc__.split("\n\n")[0])
@@ -858,16 +927,30 @@ def main(argv=None):
                    help="run once per seed (e.g. 0-5; each one a full demo, in OUT/seed_N, "
                         "finished ones read back) and write the table over seeds, "
                         "OUT/summary.md")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="with --seeds: how many seeds run at once, each in its own process "
+                        "(default 1; a seed's numbers depend on --threads, not on --jobs)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's; with --jobs, the CPUs over jobs)")
     args = p.parse_args(argv)
     if not 0 < args.scale <= 10:
         p.error(f"--scale must be in (0, 10], got {args.scale}")
+    if args.jobs < 1 or (args.jobs > 1 and args.seeds is None):
+        p.error(f"--jobs must be at least 1 and goes with --seeds, got --jobs {args.jobs}"
+                + ("" if args.seeds else " without --seeds"))
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     if args.seeds is not None:
         try:
             seeds = _seed_list(args.seeds)
         except ValueError as e:
             p.error(str(e))
-        run_seeds(args.out or "runs/demo_seeds", seeds, scale=args.scale, threads=args.threads)
+        try:
+            run_seeds(args.out or "runs/demo_seeds", seeds, scale=args.scale,
+                      threads=args.threads, jobs=args.jobs)
+        except RuntimeError as e:
+            print(f"slime demo: {e}", file=sys.stderr)
+            return 1
         return 0
     run(args.out or "runs/demo", scale=args.scale, seed=args.seed, threads=args.threads)
     return 0

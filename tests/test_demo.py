@@ -153,6 +153,35 @@ def test_seeds_read_back_finished_runs_and_summarise(runs, tmp_path):
     assert demo._finished(str(tmp_path / "seed_0"), 1, SCALE) is None
 
 
+def test_seeds_in_processes_match_one_process_and_name_a_failed_seed(runs, tmp_path):
+    """--jobs: seeds run in processes of their own, two at once; a seed's table equals the
+    one-process run's at the same thread count; a seed that fails is named with its log,
+    the others still finish and are summarised."""
+    import io
+    report, _, _ = runs
+    (tmp_path / "seed_5").mkdir()
+    (tmp_path / "seed_5" / "data").write_text("not a folder")  # the dataset cannot be built
+    log = io.StringIO()
+    with pytest.raises(RuntimeError, match=r"seed\(s\) 5 \(exit code 1; see .*seed_5.demo\.log"):
+        demo.run_seeds(str(tmp_path), [0, 5], scale=SCALE, stream=log,
+                       threads=torch.get_num_threads(), jobs=2)
+    assert "seed 0: finished" in log.getvalue() and "seed 5: FAILED" in log.getvalue()
+    assert "Traceback" in (tmp_path / "seed_5" / "demo.log").read_text()
+    child = json.loads((tmp_path / "seed_0" / "results.json").read_text())
+    assert _deterministic(child) == _deterministic(report)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| seed 0 |" in summary and "seed 5" not in summary
+
+
+def test_bad_jobs_and_threads_are_refused(capsys):
+    for bad in (["--seeds", "0-1", "--jobs", "0"], ["--jobs", "2"],
+                ["--seeds", "0", "--threads", "0"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["demo", *bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and ("--jobs" in err or "--threads" in err), (bad, err)
+
+
 def test_polarity_script_reads_a_finished_run(runs):
     """scripts/demo_polarity.py on the tiny run: the shares of the shape's tokens kept per
     stage, and SliME's score split into the question's words and the rest."""
