@@ -321,10 +321,11 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
     picture's place holds FILL fillers (<unk>) and, for each object it holds (text_stand_ins),
     at 1 to 4 random places among them, one vector holding all of the object's words (their
     embeddings summed, over the square root of their count), as an object lies in a few of
-    an image's tokens that each hold all of it. That is what a large LLM brings to SliME and a tiny one trained for a minute
-    lacks: word vectors that can be mixed and still read, and a habit of skipping what
-    says nothing. Stages I and II then keep it frozen and teach the connector to speak to
-    it, as they do with Vicuna. Without bag: the caption's words in order.
+    an image's tokens that each hold all of it. That is what a large LLM brings to SliME
+    and a tiny one trained for a minute lacks: word vectors that can be mixed and still
+    read, and a habit of skipping what says nothing. Stages I and II then keep it frozen
+    and teach the connector to speak to it, as they do with Vicuna. Without bag: the
+    caption's words in order.
 
     orthogonal: the word vectors are orthonormal and fixed (see below); otherwise learned.
     noise: Gaussian noise on every place of the picture, fillers and object alike, its norm

@@ -79,7 +79,8 @@ def low_precision_errors(dtype, shared, masked, device, shape=(5, 2, 144, 577, 1
         out.backward(g.to(out.dtype))
         return [out] + [t.grad for t in leaves]
 
-    ours = run(lambda a, b, c: query_attention(a, b, c, key_mask=mask, allow_fully_masked=True), (q, k, v))
+    ours = run(lambda a, b, c: query_attention(a, b, c, key_mask=mask,
+                                               allow_fully_masked=True), (q, k, v))
     plain = run(lambda a, b, c: query_attention_ref(a, b, c, mask, upcast=False)[0], (q, k, v))
     exact = run(lambda a, b, c: query_attention_ref(a, b, c, mask)[0],
                 (q.double(), k.double(), v.double()))
@@ -325,7 +326,8 @@ def test_compile_fullgraph(dtype):
     q, k, v, mask = make(3, 2, 7, 20, 16, dtype=dtype, masked=True)
 
     def f(q, k, v):
-        return query_attention(q, k, v, key_mask=mask, allow_fully_masked=True).float().square().sum()
+        out = query_attention(q, k, v, key_mask=mask, allow_fully_masked=True)
+        return out.float().square().sum()
 
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
@@ -359,7 +361,8 @@ def test_fully_masked_item_is_an_error_naming_the_convention():
 
 def test_flash_attention_layout_is_named():
     q, k, v, _ = make(2, 4, 7, 10, 16)
-    with pytest.raises(ValueError, match=r"FlashAttention's \(B, Lk, heads, d\).*transpose\(1, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"FlashAttention's \(B, Lk, heads, d\).*transpose\(1, 2\)"):
         query_attention(q, k.transpose(1, 2), v.transpose(1, 2))
     with pytest.raises(ValueError, match=r"q looks like FlashAttention's \(B, Lq, heads, d\)"):
         query_attention(q.expand(2, -1, -1, -1).transpose(1, 2), k, v)

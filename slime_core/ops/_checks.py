@@ -8,7 +8,8 @@ def check_tensor(name, t, *, dtypes=None, ndim=None, device=None):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if dtypes is not None and t.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} must have dtype {allowed}; got {str(t.dtype).replace('torch.', '')}")
+        got = str(t.dtype).replace("torch.", "")
+        raise TypeError(f"{name} must have dtype {allowed}; got {got}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
     if device is not None and t.device != torch.device(device):

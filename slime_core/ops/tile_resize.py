@@ -180,8 +180,9 @@ def tile_resize(images, plans, *, tile_size=336, filter="bicubic", mean=CLIP_MEA
         return torch.ops.slime.tile_resize(images, plans, total, tile_size, _filter_code(filter),
                                            mean, std, dtype), crops
     if tuple(out.shape) != (total, 3, tile_size, tile_size) or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous tensor of shape {(total, 3, tile_size, tile_size)},"
-                         f" got {tuple(out.shape)} (contiguous: {out.is_contiguous()})")
+        raise ValueError(f"out must be a contiguous tensor of shape "
+                         f"{(total, 3, tile_size, tile_size)}, got {tuple(out.shape)} "
+                         f"(contiguous: {out.is_contiguous()})")
     torch.ops.slime.tile_resize_out(images, plans, total, tile_size, _filter_code(filter), mean,
                                     std, out)
     return out, crops

@@ -29,7 +29,8 @@ Semantics (both backends; the C++ header slime/token_select.h says the same):
   The kept indices are returned ascending.
 * Edge cases: no unmasked text token (T = 0 or an all-False mask) gives score 0 for every
   token, a uniform p = 1/M_b, so top_p keeps n + 1 tokens (n = how many of the running
-  sums j/M_b are <= top_p, about floor(top_p * M_b)), the lowest indices by the tie rule. An image with M_b = 0 keeps nothing (count 0, indices all -1).
+  sums j/M_b are <= top_p, about floor(top_p * M_b)), the lowest indices by the tie rule.
+  An image with M_b = 0 keeps nothing (count 0, indices all -1).
 * Not differentiable (a hard choice, as in SliME): gradients reach the kept tokens through
   token_pack.
 """
@@ -120,10 +121,11 @@ def token_select(
             token_counts = as_counts("token_counts", token_counts, 1, tokens.device)
     B, M, H = tokens.shape
     if text.dtype != tokens.dtype:
-        raise TypeError(f"text has dtype {text.dtype} but tokens has {tokens.dtype}; they must match")
+        raise TypeError(f"text has dtype {text.dtype} but tokens has {tokens.dtype}; they "
+                        "must match")
     if text.shape[0] != B or text.shape[2] != H:
-        raise ValueError(f"text shape {tuple(text.shape)} does not match tokens {tuple(tokens.shape)}:"
-                         " expected (B, T, H) with the same B and H")
+        raise ValueError(f"text shape {tuple(text.shape)} does not match tokens "
+                         f"{tuple(tokens.shape)}: expected (B, T, H) with the same B and H")
     T = text.shape[1]
     if text_mask is None:
         text_mask = torch.ones(B, T, dtype=torch.bool, device=text.device)
@@ -243,7 +245,8 @@ def token_pack(
             raise ValueError("give base or out_rows, not both")
         check_tensor("base", base, ndim=2)
         if base.dtype != tokens.dtype:
-            raise TypeError(f"base has dtype {base.dtype} but tokens has {tokens.dtype}; they must match")
+            raise TypeError(f"base has dtype {base.dtype} but tokens has {tokens.dtype}; they "
+                            "must match")
         if base.shape[1] != H:
             raise ValueError(f"base must have H = {H} columns like tokens, got {tuple(base.shape)}")
     check_same_device(tokens=tokens, indices=indices, counts=counts, row_offsets=row_offsets,

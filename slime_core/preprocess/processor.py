@@ -285,10 +285,10 @@ class ImageProcessor:
              transformers. Keys the config leaves out take HF's class defaults.
         Maps image_grid_pinpoints ((height, width) pairs) to pinpoints_hw, crop_size to
         tile_size, image_mean / image_std, resample (3: bicubic, 2: bilinear), do_pad to
-        layout "hf", do_convert_rgb to alpha "white" (the compositing of transformers 5.21.0 and later;
-        pass alpha="drop" to match transformers up to 5.20.x, 4.x included, which drops the
-        alpha band). Raises
-        ValueError naming the key for any setting whose output it would not reproduce:
+        layout "hf", do_convert_rgb to alpha "white" (the compositing of transformers 5.21.0
+        and later; pass alpha="drop" to match transformers up to 5.20.x, 4.x included, which
+        drops the alpha band). Raises ValueError naming the key for any setting whose output
+        it would not reproduce:
         non-square or unequal size and crop_size (a centre crop that cuts), another resample,
         rescale_factor other than 1/255, do_rescale / do_convert_rgb / do_pad False, unknown
         keys.
