@@ -27,6 +27,14 @@ share of the shape's local tokens that the score ranks in the bottom third of th
 the prompt's other words. Most of a local token is a component all local tokens share, and
 the shape's tokens hold less of it. Where it leans toward the prompt's other words, the
 empty tokens outscore the shape's.
+
+    PYTHONPATH=. python scripts/demo_polarity.py runs/demo_seeds --seeds 0-18 --words 4,32
+
+--words K,...: SliME after stage III evaluated with K local tokens an image, chosen three
+ways: by SliME's score (the whole prompt), by the score against BOS and the question's
+colour and shape words alone (an ablation, not SliME's rule: what the prompt's other words
+cost the choice), and at random. Each cell: accuracy on the validation questions (the LLM
+reads the whole prompt either way) and the share of the shape's local tokens kept.
 """
 import argparse
 import dataclasses
@@ -41,7 +49,8 @@ from slime_core.checkpoint import load_into, load_safetensors
 from slime_core.data import LlavaDataset, collate
 from slime_core.data.builtin import COLOURS, DEMO_TEMPLATE, SHAPES, STRIPES
 from slime_core.preprocess import ImageProcessor
-from slime_core.text import Tokenizer
+from slime_core.text import Tokenizer, get_template
+from slime_core.train.evaluate import evaluate, load_questions
 from slime_core.train.trainer import latest_checkpoint
 
 STAGES = (("SliME after II", "top_p", "II"), ("SliME after III", "top_p", "III"),
@@ -172,6 +181,44 @@ def lean_row(run_dir, seed, types=("colour", "stripes")):
     return f"| {seed} | " + " | ".join(cells) + " |"
 
 
+WORD_RULES = ("whole prompt", "question's words", "random")
+
+
+def question_words_text(tok, model):
+    """A stand-in for model.selection_text that leaves only BOS and the colour, shape and
+    stripes words in the mask: the --words ablation's score."""
+    _, words = _unit_words(tok, model)
+    said = torch.cat([words, torch.tensor([model.llm.config.bos_token_id])])
+    whole = model.selection_text
+
+    def question_words(input_ids, attention_mask=None):
+        text, mask = whole(input_ids, attention_mask)
+        return text, mask & torch.isin(input_ids, said)
+    return question_words
+
+
+@torch.no_grad()
+def words_row(run_dir, seed, budgets):
+    """SliME after stage III at each budget (local tokens an image), for each of WORD_RULES:
+    (accuracy, share of the shape's local tokens kept); a row of the --words table."""
+    tok, proc, val, scenes, model = _load(run_dir, seed, "top_p", "III")
+    questions = load_questions(os.path.join(run_dir, "data", "val.json"))
+    whole, question_words = model.selection_text, question_words_text(tok, model)
+    cells = []
+    for k in budgets:
+        for rule in WORD_RULES:
+            model.selection_text = question_words if rule == "question's words" else whole
+            model.config = dataclasses.replace(
+                model.config, image_mode="both", connector_expert=-1, top_k=k,
+                selection="random" if rule == "random" else "top_k")
+            scores = evaluate(model, tok, get_template(DEMO_TEMPLATE), proc, questions,
+                              os.path.join(run_dir, "data", "images"), batch_size=32,
+                              max_new_tokens=3)
+            shape, _ = demo.kept_object_tokens(model, val, scenes, proc)
+            cells.append(f"{scores['accuracy']:.3f} ({shape:.0%})")
+    return f"| {seed} | " + " | ".join(cells) + " |"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="the folder of `slime demo --seeds` (seed_N inside)")
@@ -182,13 +229,29 @@ def main(argv=None):
     p.add_argument("--lean", action="store_true",
                    help="instead: where SliME's score ranks the shape's tokens after II and "
                         "III, and the mean local token's lean toward the prompt's other words")
+    p.add_argument("--words", default=None, metavar="K,...",
+                   help="instead: SliME at K local tokens chosen by its score, by the "
+                        "question's words alone, and at random")
     args = p.parse_args(argv)
     try:
         seeds = demo._seed_list(args.seeds)
+        budgets = demo._seed_list(args.words) if args.words else None
     except ValueError as e:
         p.error(str(e))
+    if budgets and min(budgets) < 1:
+        p.error("--words takes budgets of at least 1 local token")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if budgets:
+        print("SliME after stage III at K local tokens an image, chosen by: " +
+              ", ".join(WORD_RULES) + ". Each cell: accuracy (share of the shape's local "
+              "tokens kept)\n")
+        print("| seed | " + " | ".join(f"{k}: {rule}" for k in budgets for rule in WORD_RULES)
+              + " |")
+        print("|" + "---|" * (1 + len(budgets) * len(WORD_RULES)))
+        for seed in seeds:
+            print(words_row(os.path.join(args.out, f"seed_{seed}"), seed, budgets), flush=True)
+        return
     if args.lean:
         print("SliME's score, per question type (colour / stripes): the share of the shape's "
               "local tokens ranked in the bottom third (chance 0.33), and the lean of the mean "

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from slime_core import cli, demo
+from slime_core.data import collate
+from slime_core.data.builtin import COLOURS, SHAPES
 from slime_core.preprocess.planner import Plan
 
 SCALE = 0.03  # 24 training images, 2 to 12 steps a stage
@@ -200,6 +202,18 @@ def test_polarity_script_reads_a_finished_run(runs):
     # both question types asked: a share in [0, 1] and a cosine for each, after II and III
     assert re.fullmatch(r"\| 0 \|( [01]\.\d\d / [01]\.\d\d \| [+-][01]\.\d{3} / "
                         r"[+-][01]\.\d{3} \|){2}", lean), lean
+    tok, _, val, _, model = script._load(run, 0, "top_p", "III")
+    ids = collate([val[0]], pad_id=0)["input_ids"]
+    _, mask = script.question_words_text(tok, model)(ids)
+    kept = ids[mask].tolist()
+    # "the stripes on the green circle?" -> BOS, green, circle; "What colour is the circle?"
+    # -> BOS, circle
+    said = {tok.token_to_id(w) for w in (*COLOURS, *SHAPES)}
+    assert kept[0] == tok.bos_id and set(kept[1:]) <= said and len(kept) >= 2, kept
+    assert len(kept) < int((ids >= 0).sum()) - 1, kept  # the other words are left out
+    words = script.words_row(run, 0, [4])
+    # accuracy and the shape's share for SliME's score, the question's words, random
+    assert re.fullmatch(r"\| 0 \|( [01]\.\d{3} \(\d+%\) \|){3}", words), words
     with pytest.raises(FileNotFoundError, match="is the run finished"):
         script.seed_row(str(runs[2] / "nothing_here"), 0)
 
