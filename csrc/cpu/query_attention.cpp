@@ -13,7 +13,8 @@
 // (the AVX2 code), double for F64 (the portable loops, which the compiler vectorises as it
 // can; F64 is there for gradcheck and references, not for speed).
 //
-// Check:      MAX_JOBS=1 python setup.py build_ext --inplace && python -m pytest -q tests/test_query_attention.py
+// Check:      MAX_JOBS=1 python setup.py build_ext --inplace
+//             python -m pytest -q tests/test_query_attention.py
 //             cmake --build build/cpu && ctest --test-dir build/cpu -R query_attention
 // Benchmark:  python -m bench --only query_attention [--quick]
 #include "slime/query_attention.h"

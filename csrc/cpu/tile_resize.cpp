@@ -118,7 +118,8 @@ inline void transpose8(const uint8_t* const* src, int32_t n, uint8_t* blk) {
 #if defined(__SSE2__)
   for (; i + 16 <= n; i += 16) {
     __m128i r[8];
-    for (int l = 0; l < 8; ++l) r[l] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src[l] + i));
+    for (int l = 0; l < 8; ++l)
+      r[l] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src[l] + i));
     // Bytes of row pairs, then 16-bit pairs of pairs, then 32-bit quads: byte j of every row
     // ends up in 8 consecutive bytes.
     __m128i a[8], b[8];
@@ -156,8 +157,10 @@ inline void filter8(const uint8_t* px, const int32_t* k, int32_t n, uint8_t* dst
     const __m256i kt = _mm256_set1_epi32(k[t]);
     const uint8_t* pt = px + t * 24;
     const __m256i p0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pt)));
-    const __m256i p1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pt + 8)));
-    const __m256i p2 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pt + 16)));
+    const __m256i p1 =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pt + 8)));
+    const __m256i p2 =
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(pt + 16)));
     a0 = _mm256_add_epi32(a0, _mm256_mullo_epi32(p0, kt));
     a1 = _mm256_add_epi32(a1, _mm256_mullo_epi32(p1, kt));
     a2 = _mm256_add_epi32(a2, _mm256_mullo_epi32(p2, kt));
@@ -455,7 +458,8 @@ TileResizeLayout tile_resize_build_layout(const TileResizeParams& p) {
     int32_t* count = L.data.data() + count_at;
     int32_t* k = L.data.data() + k_at;
     for (int32_t o = 0; o < out; ++o)
-      count[o] = resample_coeffs(ax, in, o, p.filter, first + o, k + static_cast<int64_t>(o) * ax.ksize);
+      count[o] = resample_coeffs(ax, in, o, p.filter, first + o,
+                                 k + static_cast<int64_t>(o) * ax.ksize);
   }
   return L;
 }

@@ -250,7 +250,8 @@ __global__ void __launch_bounds__(kThreads)
     if (row >= nq) break;
     const int64_t orow = (b * p.heads + h) * p.lq + i0 + row;
     const float inv = l_r[r] > 0.0f ? 1.0f / l_r[r] : 0.0f;
-    for (int c = lane; c < d; c += 32) out[orow * d + c] = from_float<T>(os[row * L::kLdO + c] * inv);
+    for (int c = lane; c < d; c += 32)
+      out[orow * d + c] = from_float<T>(os[row * L::kLdO + c] * inv);
     if (lane == 0) p.lse[orow] = l_r[r] > 0.0f ? (m_r[r] + log2f(l_r[r])) * kLn2 : -INFINITY;
   }
 }

@@ -487,7 +487,8 @@ size_t elem_bytes(DType t) { return t == DType::F32 ? 4 : 2; }
 
 LaunchStatus token_select_cuda(const TokenSelectParams& p, cudaStream_t stream) {
   if (p.B == 0) return nullptr;
-  return SLIME_CUDA_FLOAT_SWITCH(p.dtype, scalar_t, [&] { return launch_select<scalar_t>(p, stream); });
+  return SLIME_CUDA_FLOAT_SWITCH(p.dtype, scalar_t,
+                                 [&] { return launch_select<scalar_t>(p, stream); });
 }
 
 LaunchStatus token_pack_cuda(const TokenPackParams& p, cudaStream_t stream) {
@@ -507,7 +508,8 @@ LaunchStatus token_pack_backward_cuda(const TokenPackBackwardParams& p, cudaStre
     SLIME_CUDA_RETURN_IF_ERROR(
         cudaMemsetAsync(p.grad_tokens, 0, static_cast<size_t>(p.B * p.M_max) * row, stream));
   if (p.N == 0) return cuda::launch_status();
-  SLIME_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.grad_base, p.grad_out, static_cast<size_t>(p.N) * row,
+  SLIME_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.grad_base, p.grad_out,
+                                             static_cast<size_t>(p.N) * row,
                                              cudaMemcpyDeviceToDevice, stream));
   return launch_pack<true>(p.grad_out, p.grad_tokens, p.grad_base, p.indices, p.counts,
                            p.row_offsets, p.B, p.K, p.M_max, p.N, row, stream);

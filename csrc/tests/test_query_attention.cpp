@@ -151,7 +151,8 @@ bool run_case(const Case& c, std::mt19937& rng) {
   std::vector<double> s(static_cast<size_t>(Lk)), pr(static_cast<size_t>(Lk));
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h) {
-      std::vector<double> rdk(static_cast<size_t>(Lk * d), 0.0), rdv(static_cast<size_t>(Lk * d), 0.0);
+      std::vector<double> rdk(static_cast<size_t>(Lk * d), 0.0);
+      std::vector<double> rdv(static_cast<size_t>(Lk * d), 0.0);
       for (int64_t i = 0; i < Lq; ++i) {
         double m = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < Lk; ++j) {
@@ -161,7 +162,10 @@ bool run_case(const Case& c, std::mt19937& rng) {
           m = std::max(m, s[j]);
         }
         double l = 0;
-        for (int64_t j = 0; j < Lk; ++j) pr[j] = std::isinf(m) ? 0.0 : std::exp(s[j] - m), l += pr[j];
+        for (int64_t j = 0; j < Lk; ++j) {
+          pr[j] = std::isinf(m) ? 0.0 : std::exp(s[j] - m);
+          l += pr[j];
+        }
         const size_t row = static_cast<size_t>((b * H + h) * Lq + i);
         const double lse_row = lse.at(row, acc_t);
         if (l == 0) {
@@ -186,7 +190,8 @@ bool run_case(const Case& c, std::mt19937& rng) {
           for (int64_t e = 0; e < d; ++e) {
             rdv[static_cast<size_t>(j * d + e)] += pr[j] * go[e];
             rdk[static_cast<size_t>(j * d + e)] += ds * qx(b, h, i, e);
-            rdq[static_cast<size_t>(((c.shared ? 0 : b) * H + h) * Lq * d + i * d + e)] += ds * kx(b, h, j, e, 0);
+            const int64_t qrow = ((c.shared ? 0 : b) * H + h) * Lq + i;
+            rdq[static_cast<size_t>(qrow * d + e)] += ds * kx(b, h, j, e, 0);
           }
         }
       }
@@ -196,7 +201,8 @@ bool run_case(const Case& c, std::mt19937& rng) {
         err_dv = std::max(err_dv, std::fabs(dv.at(gi, c.dtype) - rdv[static_cast<size_t>(j)]));
       }
     }
-  for (size_t i = 0; i < rdq.size(); ++i) err_dq = std::max(err_dq, std::fabs(dq.at(i, c.dtype) - rdq[i]));
+  for (size_t i = 0; i < rdq.size(); ++i)
+    err_dq = std::max(err_dq, std::fabs(dq.at(i, c.dtype) - rdq[i]));
   // NaN (an unwritten element) makes every comparison false, so `!(err <= tol)` catches it.
   const double t = tol(c.dtype);
   const bool ok = lse_ok && err_out <= t && err_lse <= t && err_dq <= 4 * t && err_dk <= 4 * t &&

@@ -15,7 +15,8 @@ namespace slime {
 namespace glue {
 
 struct QueryAttentionInputs {
-  at::Tensor q, k, v, mask;  // d-contiguous views; mask contiguous uint8-compatible bool or undefined
+  // d-contiguous views; mask contiguous uint8-compatible bool, or undefined
+  at::Tensor q, k, v, mask;
   int64_t batch, heads, lq, lk, d;
   bool shared;
   double scale;

@@ -26,8 +26,9 @@ TokenSelectParams token_select_params(const at::Tensor& tokens, const at::Tensor
   check_dim(token_counts, "token_counts", 1);
   check_dim(text_mask, "text_mask", 2);
   check_dtype(tokens, "tokens", {at::kFloat, at::kHalf, at::kBFloat16});
-  TORCH_CHECK_TYPE(text.scalar_type() == tokens.scalar_type(), "slime::token_select: text has dtype ",
-                   text.scalar_type(), " but tokens has ", tokens.scalar_type());
+  TORCH_CHECK_TYPE(text.scalar_type() == tokens.scalar_type(),
+                   "slime::token_select: text has dtype ", text.scalar_type(),
+                   " but tokens has ", tokens.scalar_type());
   check_dtype(token_counts, "token_counts", {at::kLong});
   check_dtype(text_mask, "text_mask", {at::kBool});
   const int64_t B = tokens.size(0), M = tokens.size(1), H = tokens.size(2);
@@ -52,10 +53,12 @@ TokenSelectParams token_select_params(const at::Tensor& tokens, const at::Tensor
   TORCH_CHECK_VALUE(top_p.has_value() != top_k.has_value(),
                     "slime::token_select: give exactly one of top_p and top_k");
   if (top_p) {
-    TORCH_CHECK_VALUE(*top_p > 0.0 && *top_p <= 1.0, "slime::token_select: top_p must be in (0, 1], got ",
-                      *top_p);
+    TORCH_CHECK_VALUE(*top_p > 0.0 && *top_p <= 1.0,
+                      "slime::token_select: top_p must be in (0, 1], got ", *top_p);
   }
-  if (top_k) TORCH_CHECK_VALUE(*top_k >= 1, "slime::token_select: top_k must be >= 1, got ", *top_k);
+  if (top_k) {
+    TORCH_CHECK_VALUE(*top_k >= 1, "slime::token_select: top_k must be >= 1, got ", *top_k);
+  }
   TORCH_CHECK_VALUE(temperature > 0.0, "slime::token_select: temperature must be > 0, got ",
                     temperature);
   if (prenorm_temperature) {
