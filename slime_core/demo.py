@@ -811,15 +811,26 @@ def run_seeds(out, seeds, scale=1.0, stream=None, threads=None, jobs=1):
 
 def _run_in_processes(out, seeds, scale, threads, jobs, stream):
     """Runs the demo for `seeds`, `jobs` processes at a time; returns {seed: exit code} of
-    those that failed. Ctrl-C (or any error here) stops the running ones."""
+    those that failed. Ctrl-C, SIGTERM or any error here stops the running ones."""
+    import signal
     import subprocess
+    import threading
     # the children import this very package, wherever it was imported from
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    pending, running, failed = list(seeds), {}, {}
+    pending, running, failed, stopping = list(seeds), {}, {}, []
+
+    def stop(signum, frame):
+        # noted, and acted on at the top of the loop: raised here, it could land inside
+        # Popen, between a child's start and its entry in `running`, and leave it orphaned
+        stopping.append(signum)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
     try:
         while pending or running:
+            if stopping:
+                raise SystemExit(128 + stopping[0])  # leaves through the finally below
             while pending and len(running) < jobs:
                 seed = pending.pop(0)
                 folder = os.path.join(out, f"seed_{seed}")
@@ -827,8 +838,12 @@ def _run_in_processes(out, seeds, scale, threads, jobs, stream):
                 log = open(os.path.join(folder, "demo.log"), "w", encoding="utf-8")
                 cmd = [sys.executable, "-m", "slime_core.demo", "--out", folder, "--seed",
                        str(seed), "--scale", repr(scale), "--threads", str(threads)]
-                running[seed] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                  env=env), log, time.perf_counter())
+                try:
+                    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                except BaseException:
+                    log.close()
+                    raise
+                running[seed] = (proc, log, time.perf_counter())
                 print(f"[demo] seed {seed}: started, {threads} thread(s), log "
                       f"{log.name}", file=stream, flush=True)
             time.sleep(0.2)
@@ -850,6 +865,8 @@ def _run_in_processes(out, seeds, scale, threads, jobs, stream):
             proc.kill()
             proc.wait()
             log.close()
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return failed
 
 

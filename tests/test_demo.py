@@ -175,6 +175,45 @@ def test_seeds_in_processes_match_one_process_and_name_a_failed_seed(runs, tmp_p
     assert "| seed 0 |" in summary and "seed 5" not in summary
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the processes through /proc")
+def test_seeds_in_processes_stop_with_the_parent(tmp_path):
+    """SIGTERM to `slime demo --seeds ... --jobs 2` stops the seeds' processes too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def children():
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().decode(errors="replace")
+            except OSError:
+                continue
+            if str(tmp_path) in cmd and "--seed\0" in cmd:
+                found.append(int(pid))
+        return found
+    parent = subprocess.Popen([sys.executable, "-m", "slime_core.demo", "--seeds", "0-1",
+                               "--jobs", "2", "--threads", "1", "--scale", str(SCALE),
+                               "--out", str(tmp_path)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while len(children()) < 2 and time.time() < deadline and parent.poll() is None:
+            time.sleep(0.2)
+        running = children()
+        assert len(running) == 2, running
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+        assert not [pid for pid in running if os.path.exists(f"/proc/{pid}")], running
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+        for pid in children():
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_bad_jobs_and_threads_are_refused(capsys):
     for bad in (["--seeds", "0-1", "--jobs", "0"], ["--jobs", "2"],
                 ["--seeds", "0", "--threads", "0"]):
