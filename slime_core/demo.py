@@ -793,6 +793,8 @@ def run_seeds(out, seeds, scale=1.0, stream=None, threads=None, jobs=1):
         failed = _run_in_processes(out, todo, scale, threads, jobs, stream)
         for seed in todo:
             reports[seed] = _finished(os.path.join(out, f"seed_{seed}"), seed, scale)
+            if reports[seed] is None and seed not in failed:  # exit 0, yet no results.json
+                failed[seed] = 0
     done = {s: r for s, r in reports.items() if r is not None}
     if done:
         table = format_summary(done)
