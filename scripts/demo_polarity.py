@@ -235,9 +235,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         seeds = demo._seed_list(args.seeds)
-        budgets = demo._seed_list(args.words) if args.words else None
     except ValueError as e:
         p.error(str(e))
+    try:  # budgets are written as seeds are; the error names --words, not --seeds
+        budgets = demo._seed_list(args.words) if args.words else None
+    except ValueError:
+        p.error(f"--words takes numbers and ranges like 4,32 or 4-8, got {args.words!r}")
     if budgets and min(budgets) < 1:
         p.error("--words takes budgets of at least 1 local token")
     if args.threads:
