@@ -124,6 +124,9 @@ STEPS = dict(tower=450, llm=400, Ia=150, Ib=150, II=300, III=400)
 # away from the text's embeddings, and the text-guided selection then drops them.
 BATCH, LR, LR_III = 16, 2e-3, 5e-4
 FILL = (16, 96)              # stage -1: fillers around a picture's words (see pretrain_llm)
+# Stage -1's related words: each value's vector holds a part of its category's word (cosine
+# RELATED), as a large LLM's "red" lies near "colour" and "vertical" near "stripes".
+RELATED = 0.3
 
 
 def build_model(vocab_size, separator_id, image_mode="both", seed=0):
@@ -315,7 +318,7 @@ def text_stand_ins(paths, tokenizer, bag=True):
 
 
 def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream=None,
-                 bag=True, orthogonal=True, noise=0.5):
+                 bag=True, orthogonal=True, noise=0.5, related=RELATED):
     """Stage -1, the demo's stand-in for a pretrained LLM: the decoder learns the dataset's
     language and to answer from a picture given in its own embedding space. With bag, the
     picture's place holds FILL fillers (<unk>) and, for each object it holds (text_stand_ins),
@@ -331,6 +334,8 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
     noise: Gaussian noise on every place of the picture, fillers and object alike, its norm
     `noise` times a word vector's, so that the LLM reads the object's words through
     whatever else a token holds, as the connector's tokens will hold more than words.
+    related: with orthogonal, the cosine of each colour name with "colour" and of each way
+    of the stripes with "stripes" (related_words); 0 leaves every word orthogonal.
     Returns the per-step losses."""
     records = text_stand_ins(paths, tokenizer, bag=bag)
     filler = tokenizer.token_to_id("<unk>")
@@ -348,6 +353,8 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
                              f"hidden size ({table.shape[1]})")
         with torch.no_grad():
             torch.nn.init.orthogonal_(table, generator=g)
+            if related:
+                related_words(table, tokenizer, related)
             table.mul_(0.02 * table.shape[1] ** 0.5)
         params = [p for p in params if p is not table]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -404,6 +411,32 @@ def pretrain_llm(llm, tokenizer, paths, steps, batch=32, lr=3e-3, seed=0, stream
             print(f"[llm] {step + 1:>5}/{steps}  loss {loss.item():.4f}", file=stream,
                   flush=True)
     return losses
+
+
+def related_words(table, tokenizer, cosine):
+    """In place, on orthonormal rows: each colour name's row becomes normalize(row + a *
+    row("colour")) and each way of the stripes' normalize(row + a * row("stripes")), with a
+    chosen so that the cosine with the category's word is `cosine`; two values of one
+    category then have cosine**2, and every other pair stays orthogonal. Why: with every
+    word orthogonal, nothing links the question's "stripes" to the answer's "vertical", so
+    which way the answer's carriers rank under the text-guided score is left to the seed
+    (bench/results/2026-12-05-probe-prompt-words-cpu-2core.md); a large LLM's word vectors
+    carry that link. Words the vocabulary lacks (a dataset without stripes questions has
+    no "stripes") are left out. Returns {category: [value, ...]} as related."""
+    if not 0 <= cosine < 1:
+        raise ValueError(f"related: the cosine must lie in [0, 1), got {cosine}")
+    a = cosine / (1 - cosine ** 2) ** 0.5
+    done = {}
+    for category, values in (("colour", COLOUR_NAMES), ("stripes", STRIPES)):
+        c = tokenizer.token_to_id(category)
+        present = [v for v in values if tokenizer.token_to_id(v) is not None]
+        if c is None or not present or not cosine:
+            continue
+        ids = [tokenizer.token_to_id(v) for v in present]
+        rows = table[ids] + a * table[c]
+        table[ids] = rows / rows.norm(dim=-1, keepdim=True)
+        done[category] = present
+    return done
 
 
 def _stage(name, data, steps, trainable, **overrides):
@@ -602,13 +635,20 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     times["tower"] = time.perf_counter() - t
     t = time.perf_counter()
     llm_file = os.path.join(out, "llm", "model.safetensors")
-    if not os.path.isfile(llm_file):
+    # A stand-in pretrained with other word vectors (a run from before RELATED) is redone,
+    # and the variants trained on it with it.
+    llm_args_file = os.path.join(out, "llm", "stage_args.json")
+    llm_args = dict(related=RELATED)
+    if not os.path.isfile(llm_file) or _read_json(llm_args_file, {"related": 0.0}) != llm_args:
+        shutil.rmtree(os.path.join(out, "variants"), ignore_errors=True)
         model = build_model(vocab, sep, seed=seed)
         say(f"[demo] stage -1: pretraining the LLM on the dataset's text, pictures as word "
             f"vectors ({steps['llm']} steps)")
         pretrain_llm(model.llm, tok, paths, steps["llm"], seed=seed, stream=stream)
         os.makedirs(os.path.dirname(llm_file), exist_ok=True)
         save_safetensors(model.llm.state_dict(), llm_file)
+        with open(llm_args_file, "w") as f:
+            json.dump(llm_args, f)
     llm_state = load_safetensors(llm_file)
     times["llm"] = time.perf_counter() - t
 
@@ -697,7 +737,7 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
                         title="SliME (top-p): training loss, stages Ia, Ib, II, III")
     times["total"] = time.perf_counter() - t_all
     report = {"data": data_args, "steps": steps, "top_k": top_k, "seed": seed,
-              "variants": results, "times_s": times,
+              "llm": llm_args, "variants": results, "times_s": times,
               "explain": {"question": q["question"], "kept": kept, "local": n_local}}
     with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
@@ -745,6 +785,14 @@ CLAIMS = (("local detail beats the global view alone", "all_local", "global", 0.
            0.0))
 
 
+def _read_json(path, default):
+    """The JSON in `path`, or `default` where there is no such file."""
+    if not os.path.isfile(path):
+        return default
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _holds(difference, margin):
     """A "beats" claim (margin 0) holds above it; a "keeps" one (margin < 0) at it too.
     Rounded: 0.8 - 0.81 is -0.010000000000000009 in floats, and within 0.01."""
@@ -754,12 +802,11 @@ def _holds(difference, margin):
 
 def _finished(folder, seed, scale):
     """The report of a finished run in `folder` with these arguments, else None."""
-    path = os.path.join(folder, "results.json")
-    if not os.path.isfile(path):
+    report = _read_json(os.path.join(folder, "results.json"), None)
+    if report is None:
         return None
-    with open(path, encoding="utf-8") as f:
-        report = json.load(f)
-    same = report.get("seed") == seed and report.get("steps") == _steps(scale) and set(
+    same = report.get("seed") == seed and report.get("steps") == _steps(scale) and report.get(
+        "llm", {"related": 0.0}) == {"related": RELATED} and set(
         report.get("variants", {})) == set(LABELS) | set(BUDGET_ROWS)
     return report if same else None
 

@@ -153,6 +153,33 @@ def test_seeds_read_back_finished_runs_and_summarise(runs, tmp_path):
     # another scale is another run: not read back
     assert demo._finished(str(tmp_path / "seed_0"), 0, 2 * SCALE) is None
     assert demo._finished(str(tmp_path / "seed_0"), 1, SCALE) is None
+    # a run from before the related word vectors (no "llm" in its report) is another run
+    report = json.loads((tmp_path / "seed_0" / "results.json").read_text())
+    assert report["llm"] == {"related": demo.RELATED}
+    del report["llm"]
+    (tmp_path / "seed_0" / "results.json").write_text(json.dumps(report))
+    assert demo._finished(str(tmp_path / "seed_0"), 0, SCALE) is None
+
+
+def test_a_stand_in_llm_from_other_word_vectors_is_redone_with_the_variants(runs, tmp_path):
+    """An output folder whose stage -1 LLM has no record of its word vectors (pretrained
+    before RELATED) gets stage -1 again and every variant with it, not the old variants'
+    checkpoints: the table equals a fresh run's."""
+    import io
+    import shutil
+    first, _, root = runs
+    shutil.copytree(root / "run0", tmp_path / "old")
+    (tmp_path / "old" / "llm" / "stage_args.json").unlink()
+    log = io.StringIO()
+    again = demo.run(str(tmp_path / "old"), scale=SCALE, stream=log)
+    assert "stage -1" in log.getvalue() and "stage 0" not in log.getvalue()
+    assert _deterministic(again) == _deterministic(first)
+    assert json.loads((tmp_path / "old" / "llm" / "stage_args.json").read_text()) == {
+        "related": demo.RELATED}
+    # with the record in place, a finished folder trains nothing again
+    log = io.StringIO()
+    demo.run(str(tmp_path / "old"), scale=SCALE, stream=log)
+    assert "stage -1" not in log.getvalue()
 
 
 def test_seeds_in_processes_match_one_process_and_name_a_failed_seed(runs, tmp_path):
@@ -359,11 +386,42 @@ def test_llm_pretraining_reads_a_pictures_words_where_the_image_goes(tmp_path):
     model = demo.build_model(tok.max_id + 1, tok.token_to_id(","))
     losses = demo.pretrain_llm(model.llm, tok, paths, 40, batch=8)
     assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
-    # the word vectors: orthonormal rows at the N(0, 0.02) table's norm, fixed in training
+    # the word vectors: unit rows at the N(0, 0.02) table's norm, fixed in training, each
+    # orthogonal to every other but for the related words: a colour name has cosine 0.3
+    # with "colour", a way of the stripes with "stripes", two of one kind 0.09
     table = model.llm.embed_tokens.weight.detach()
     d = table.shape[1]
     gram = table @ table.T / (0.02 ** 2 * d)
-    torch.testing.assert_close(gram, torch.eye(len(table)), atol=1e-5, rtol=0)
+    expected = torch.eye(len(table))
+    for category, values in (("colour", demo.COLOUR_NAMES), ("stripes", demo.STRIPES)):
+        c, vs = tok.token_to_id(category), [tok.token_to_id(v) for v in values]
+        assert c is not None and None not in vs and len(vs) >= 3
+        for v in vs:
+            expected[c, v] = expected[v, c] = demo.RELATED
+            for w in vs:
+                if w != v:
+                    expected[v, w] = demo.RELATED ** 2
+    assert demo.RELATED == 0.3
+    torch.testing.assert_close(gram, expected, atol=1e-5, rtol=0)
+    # related=0: every word orthogonal; a cosine outside [0, 1) is refused by name
+    q = torch.linalg.qr(torch.randn(d, len(table), dtype=torch.float64))[0].T.float()
+    plain = q.clone()
+    assert demo.related_words(plain, tok, 0.0) == {}
+    torch.testing.assert_close(plain @ plain.T, torch.eye(len(table)), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"cosine must lie in \[0, 1\), got 1.0"):
+        demo.related_words(q.clone(), tok, 1.0)
+
+    # words the vocabulary lacks are left out: a value alone, or a category and its values
+    class Lacking:
+        def token_to_id(self, word):
+            return None if word in ("diagonal", "colour") else tok.token_to_id(word)
+    some = q.clone()
+    assert demo.related_words(some, Lacking(), 0.3) == {"stripes": ["horizontal", "vertical"]}
+    h, v, s, r = (tok.token_to_id(w) for w in ("horizontal", "vertical", "stripes", "red"))
+    g = some @ some.T
+    assert abs(g[h, s] - 0.3) < 1e-5 and abs(g[h, v] - 0.09) < 1e-5
+    assert abs(g[tok.token_to_id("diagonal"), s]) < 1e-5 and abs(g[r, r] - 1) < 1e-5
+    assert abs(g[r, tok.token_to_id("colour")]) < 1e-5
     # learned instead (orthogonal=False): the table trains and is no longer orthonormal
     other = demo.build_model(tok.max_id + 1, tok.token_to_id(","))
     before = other.llm.embed_tokens.weight.detach().clone()
