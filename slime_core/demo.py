@@ -46,7 +46,8 @@ CLIP and a pretrained LLM; the demo pretrains its own tiny stand-ins first and s
 stage 0 teaches the vision tower, per patch, the colour, shape and stripes of what each
 patch holds (labels from objects.json), then freezes it; stage -1 teaches the LLM the
 dataset's language and to answer from a picture given as word vectors (pretrain_llm; its
-word vectors orthonormal and fixed; the picture holds all of each object, stripes too).
+word vectors fixed and orthonormal but for each colour name's and each way of the stripes'
+part of "colour" and "stripes", RELATED; the picture holds all of each object, stripes too).
 Stages Ia, Ib and II then train the connector alone against the frozen LLM on the
 captions ("picture: red cross with vertical stripes, digit 5."), and stage III trains the
 LLM with it at a lower rate, as SliME does, but not the word vectors the selection scores
