@@ -128,6 +128,9 @@ FILL = (16, 96)              # stage -1: fillers around a picture's words (see p
 # Stage -1's related words: each value's vector holds a part of its category's word (cosine
 # RELATED), as a large LLM's "red" lies near "colour" and "vertical" near "stripes".
 RELATED = 0.3
+# What identifies the stand-in LLM a folder holds (llm/stage_args.json, and the report's
+# "llm"): a folder without the record predates RELATED, so its words were all orthogonal.
+LLM_ARGS, LLM_ARGS_BEFORE = {"related": RELATED}, {"related": 0.0}
 
 
 def build_model(vocab_size, separator_id, image_mode="both", seed=0):
@@ -639,8 +642,8 @@ def run(out="runs/demo", scale=1.0, seed=0, stream=None, threads=None):
     # A stand-in pretrained with other word vectors (a run from before RELATED) is redone,
     # and the variants trained on it with it.
     llm_args_file = os.path.join(out, "llm", "stage_args.json")
-    llm_args = dict(related=RELATED)
-    if not os.path.isfile(llm_file) or _read_json(llm_args_file, {"related": 0.0}) != llm_args:
+    llm_args = dict(LLM_ARGS)
+    if not os.path.isfile(llm_file) or _read_json(llm_args_file, LLM_ARGS_BEFORE) != llm_args:
         shutil.rmtree(os.path.join(out, "variants"), ignore_errors=True)
         model = build_model(vocab, sep, seed=seed)
         say(f"[demo] stage -1: pretraining the LLM on the dataset's text, pictures as word "
@@ -807,7 +810,7 @@ def _finished(folder, seed, scale):
     if report is None:
         return None
     same = report.get("seed") == seed and report.get("steps") == _steps(scale) and report.get(
-        "llm", {"related": 0.0}) == {"related": RELATED} and set(
+        "llm", LLM_ARGS_BEFORE) == LLM_ARGS and set(
         report.get("variants", {})) == set(LABELS) | set(BUDGET_ROWS)
     return report if same else None
 
