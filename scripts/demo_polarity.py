@@ -35,6 +35,15 @@ ways: by SliME's score (the whole prompt), by the score against BOS and the ques
 colour and shape words alone (an ablation, not SliME's rule: what the prompt's other words
 cost the choice), and at random. Each cell: accuracy on the validation questions (the LLM
 reads the whole prompt either way) and the share of the shape's local tokens kept.
+
+    PYTHONPATH=. python scripts/demo_polarity.py runs/demo_seeds --seeds 0-18 \
+        --budgets 4,8,16,32,64 --json sweep.json
+
+--budgets K,...: the demo's tight-budget rows at other budgets (no training). SliME and the
+end-to-end model after stage III, each with its K best local tokens by the question's score,
+and SliME with K at random, as `slime demo` scores them at BUDGET. A row per seed, then the
+summary over the seeds: mean accuracies, alternating minus end to end and the question's
+choice minus random (mean, standard error, seeds ahead). --json writes every cell.
 """
 import argparse
 import dataclasses
@@ -219,6 +228,56 @@ def words_row(run_dir, seed, budgets):
     return f"| {seed} | " + " | ".join(cells) + " |"
 
 
+SWEEP = (("SliME, its best", "top_p", "top_k"), ("SliME, at random", "top_p", "random"),
+         ("end to end, its best", "end_to_end", "top_k"))
+
+
+@torch.no_grad()
+def budget_cells(run_dir, seed, budgets):
+    """{budget: {SWEEP label: {"accuracy", "stripes", "colour", "kept"}}} for one seed."""
+    questions = load_questions(os.path.join(run_dir, "data", "val.json"))
+    cells = {k: {} for k in budgets}
+    for label, variant, selection in SWEEP:
+        tok, proc, val, scenes, model = _load(run_dir, seed, variant, "III")
+        for k in budgets:
+            model.config = dataclasses.replace(model.config, image_mode="both",
+                                               connector_expert=-1, top_k=k,
+                                               selection=selection)
+            scores = evaluate(model, tok, get_template(DEMO_TEMPLATE), proc, questions,
+                              os.path.join(run_dir, "data", "images"), batch_size=32,
+                              max_new_tokens=3)
+            shape, _ = demo.kept_object_tokens(model, val, scenes, proc)
+            cells[k][label] = {"accuracy": scores["accuracy"], "kept": shape,
+                               **{t: v["accuracy"] for t, v in scores["per_type"].items()}}
+    return cells
+
+
+def _mean_se(values):
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, (var / n) ** 0.5
+
+
+def budget_summary(per_seed, budgets):
+    """The sweep's summary table over seeds (markdown lines)."""
+    best, rand, e2e = (label for label, _, _ in SWEEP)
+    lines = ["| local tokens kept | " + " | ".join(label for label, _, _ in SWEEP) +
+             " | alternating minus end to end (se), seeds ahead | question's choice minus "
+             "random (se), seeds ahead |", "|---|---|---|---|---|---|"]
+    n = len(per_seed)
+    for k in budgets:
+        acc = {label: [per_seed[s][k][label]["accuracy"] for s in per_seed]
+               for label, _, _ in SWEEP}
+        cols = [f"{sum(acc[label]) / n:.3f}" for label, _, _ in SWEEP]
+        for a, b in ((best, e2e), (best, rand)):
+            d = [x - y for x, y in zip(acc[a], acc[b])]
+            mean, se = _mean_se(d)
+            cols.append(f"{mean:+.3f} ({se:.3f}), {sum(round(x, 9) > 0 for x in d)} of {n}")
+        lines.append(f"| {k} | " + " | ".join(cols) + " |")
+    return lines
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", help="the folder of `slime demo --seeds` (seed_N inside)")
@@ -232,19 +291,44 @@ def main(argv=None):
     p.add_argument("--words", default=None, metavar="K,...",
                    help="instead: SliME at K local tokens chosen by its score, by the "
                         "question's words alone, and at random")
+    p.add_argument("--budgets", default=None, metavar="K,...",
+                   help="instead: the tight-budget rows (SliME's best, at random, end to "
+                        "end's best) at K local tokens")
+    p.add_argument("--json", default=None, help="with --budgets: write every cell here")
     args = p.parse_args(argv)
     try:
         seeds = demo._seed_list(args.seeds)
     except ValueError as e:
         p.error(str(e))
-    try:  # budgets are written as seeds are; the error names --words, not --seeds
-        budgets = demo._seed_list(args.words) if args.words else None
+    flag = "--budgets" if args.budgets else "--words"
+    given = args.budgets or args.words
+    try:  # budgets are written as seeds are; the error names the flag, not --seeds
+        budgets = demo._seed_list(given) if given else None
     except ValueError:
-        p.error(f"--words takes numbers and ranges like 4,32 or 4-8, got {args.words!r}")
+        p.error(f"{flag} takes numbers and ranges like 4,32 or 4-8, got {given!r}")
     if budgets and min(budgets) < 1:
-        p.error("--words takes budgets of at least 1 local token")
+        p.error(f"{flag} takes budgets of at least 1 local token")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.budgets:
+        print("At K local tokens an image: accuracy of " + ", ".join(
+            label for label, _, _ in SWEEP) + "\n")
+        print("| seed | " + " | ".join(f"{k}: {label}" for k in budgets for label, _, _ in SWEEP)
+              + " |")
+        print("|" + "---|" * (1 + len(budgets) * len(SWEEP)))
+        per_seed = {}
+        for seed in seeds:
+            cells = budget_cells(os.path.join(args.out, f"seed_{seed}"), seed, budgets)
+            per_seed[seed] = cells
+            print(f"| {seed} | " + " | ".join(f"{cells[k][label]['accuracy']:.3f}" for k in
+                                            budgets for label, _, _ in SWEEP) + " |", flush=True)
+        print(f"\nOver {len(seeds)} seeds:\n")
+        print("\n".join(budget_summary(per_seed, budgets)))
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump({str(s): {str(k): v for k, v in c.items()} for s, c in
+                           per_seed.items()}, f, indent=1)
+        return
     if budgets:
         print("SliME after stage III at K local tokens an image, chosen by: " +
               ", ".join(WORD_RULES) + ". Each cell: accuracy (share of the shape's local "

@@ -280,8 +280,21 @@ def test_polarity_script_reads_a_finished_run(runs):
     words = script.words_row(run, 0, [4])
     # accuracy and the shape's share for SliME's score, the question's words, random
     assert re.fullmatch(r"\| 0 \|( [01]\.\d{3} \(\d+%\) \|){3}", words), words
+    # the budget sweep at the demo's own budget scores what the run's budget rows scored
+    cells = script.budget_cells(run, 0, [demo.BUDGET])[demo.BUDGET]
+    with open(os.path.join(run, "results.json"), encoding="utf-8") as f:
+        rows = json.load(f)["variants"]
+    for (label, _, _), key in zip(script.SWEEP, demo.BUDGET_ROWS):
+        assert cells[label]["accuracy"] == rows[key]["accuracy"], (label, key)
+        assert 0 <= cells[label]["kept"] <= 1 and set(cells[label]) >= {"colour", "stripes"}
     with pytest.raises(FileNotFoundError, match="is the run finished"):
         script.seed_row(str(runs[2] / "nothing_here"), 0)
+    # the sweep's summary: means, differences with their standard error, seeds ahead
+    best, rand, e2e = (label for label, _, _ in script.SWEEP)
+    per_seed = {s: {8: {best: {"accuracy": b}, rand: {"accuracy": r}, e2e: {"accuracy": e}}}
+                for s, (b, r, e) in enumerate([(0.9, 0.7, 0.8), (0.7, 0.7, 0.9)])}
+    line = script.budget_summary(per_seed, [8])[-1]
+    assert line == "| 8 | 0.800 | 0.700 | 0.850 | -0.050 (0.150), 1 of 2 | +0.100 (0.100), 1 of 2 |"
 
 
 def test_summary_differences_and_counts():
