@@ -252,13 +252,6 @@ def budget_cells(run_dir, seed, budgets):
     return cells
 
 
-def _mean_se(values):
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, (var / n) ** 0.5
-
-
 def budget_summary(per_seed, budgets):
     """The sweep's summary table over seeds (markdown lines)."""
     best, rand, e2e = (label for label, _, _ in SWEEP)
@@ -272,8 +265,9 @@ def budget_summary(per_seed, budgets):
         cols = [f"{sum(acc[label]) / n:.3f}" for label, _, _ in SWEEP]
         for a, b in ((best, e2e), (best, rand)):
             d = [x - y for x, y in zip(acc[a], acc[b])]
-            mean, se = _mean_se(d)
-            cols.append(f"{mean:+.3f} ({se:.3f}), {sum(round(x, 9) > 0 for x in d)} of {n}")
+            mean, sd = demo.mean_sd(d)
+            cols.append(f"{mean:+.3f} ({sd / n ** 0.5:.3f}), "
+                        f"{sum(demo._holds(x, 0) for x in d)} of {n}")
         lines.append(f"| {k} | " + " | ".join(cols) + " |")
     return lines
 

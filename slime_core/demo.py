@@ -923,17 +923,18 @@ def _run_in_processes(out, seeds, scale, threads, jobs, stream):
     return failed
 
 
+def mean_sd(xs):
+    """(mean, sample standard deviation; 0 for one value) of a list of numbers."""
+    m = statistics.fmean(xs)
+    return m, statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def format_summary(reports):
     """Markdown: each variant's accuracy over the seeds of `reports` ({seed: run()'s
     report}) and how much of the shape its selection kept, then each claim's difference per
     seed, its mean and how many seeds agree."""
     seeds = sorted(reports)
     per = {s: reports[s]["variants"] for s in seeds}
-
-    def stats(xs):
-        m = statistics.fmean(xs)
-        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return m, sd
 
     def kept(name):
         # the asked-about shape's share of kept local tokens: the mean, and the seed where
@@ -952,7 +953,7 @@ def format_summary(reports):
             continue
         acc = [per[s][name]["accuracy"] for s in seeds]
         stripes = [per[s][name]["per_type"].get("stripes", float("nan")) for s in seeds]
-        m, sd = stats(acc)
+        m, sd = mean_sd(acc)
         rows.append(f"| {per[seeds[0]][name]['variant']} | "
                     f"{statistics.fmean(per[s][name]['visual_tokens'] for s in seeds):.1f} | "
                     f"{m:.3f} ({sd:.3f}) | {statistics.fmean(stripes):.3f} | {kept(name)} | "
@@ -964,7 +965,7 @@ def format_summary(reports):
         if not all(a in per[s] and b in per[s] for s in seeds):
             continue
         d = [per[s][a]["accuracy"] - per[s][b]["accuracy"] for s in seeds]
-        m, sd = stats(d)
+        m, sd = mean_sd(d)
         rows.append(f"| {text} | {m:+.3f} ({sd / len(d) ** 0.5:.3f}) | "
                     + " | ".join(f"{x:+.3f}" for x in d)
                     + f" | {sum(_holds(x, margin) for x in d)} of {len(d)} |")
